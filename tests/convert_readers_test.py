@@ -22,7 +22,10 @@ STATE = {'conv1.weight': torch.arange(6.).reshape(1, 2, 3, 1),
 @pytest.mark.parametrize('wrap', [None, 'model_state', 'state_dict', 'model'])
 def test_nested_state_dicts_and_module_prefix(tmp_path, wrap):
   state = {f'module.{k}': v for k, v in STATE.items()}
-  obj = state if wrap is None else {wrap: state, 'epoch': 3, 'optimizer': {'lr': 0.1}}
+  # Training checkpoints hold numpy numbers next to the weights (VainF's best_score).
+  obj = state if wrap is None else {wrap: state, 'epoch': 3, 'optimizer': {'lr': 0.1},
+                                    'best_score': np.float64(0.77), 'cur_itrs': np.int64(9),
+                                    'history': np.zeros(3)}
   torch.save(obj, tmp_path / 'c.pth')
   read = read_state_dict(str(tmp_path / 'c.pth'))
   assert list(read) == list(STATE)  # prefix stripped, order kept
@@ -46,9 +49,16 @@ def test_not_a_checkpoint(tmp_path):
     read_state_dict(str(tmp_path / 'y.npz'))
   with pytest.raises(ReadError, match='no such file'):
     read_state_dict(str(tmp_path / 'missing.pth'))
+  torch.save({'w': torch.ones(1), 'code': _Pickled()}, tmp_path / 'code.pth')
+  with pytest.raises(ReadError, match=r'code.pth: torch.load\(weights_only=True\) failed'):
+    read_state_dict(str(tmp_path / 'code.pth'))  # arbitrary pickled objects are refused
   (tmp_path / 'z.safetensors').write_bytes(b'not safetensors')
   with pytest.raises(ReadError, match='z.safetensors: cannot read as safetensors'):
     read_state_dict(str(tmp_path / 'z.safetensors'))
+
+
+class _Pickled:
+  """Stands for any object a pickle would have to import code to rebuild."""
 
 
 def test_safetensors_converts_without_torch(tmp_path):

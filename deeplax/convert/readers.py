@@ -50,7 +50,8 @@ def _read_torch(path):
     raise ReadError(f'{path}: reading .pth/.pt needs torch (pip install torch, the CPU '
                     'wheel is enough), or convert the file to .safetensors first') from e
   try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
+    with torch.serialization.safe_globals(_numpy_globals()):
+      obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pickle errors come in many types
     raise ReadError(
         f'{path}: torch.load(weights_only=True) failed ({type(e).__name__}: {e}). Only '
@@ -67,6 +68,20 @@ def _read_torch(path):
       value = value.float()  # numpy has no bfloat16; float16 is widened exactly
     arrays[key] = value.numpy()
   return arrays
+
+
+def _numpy_globals():
+  """numpy scalars, arrays and dtypes, allowed in weights-only loading: training
+  checkpoints (VainF's `best_score`, `cur_itrs`) store numpy numbers next to the weights.
+  They rebuild data, never call code. Files written under numpy 1 name them
+  `numpy.core...`, under numpy 2 `numpy._core...`: both are listed."""
+  multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray  # pylint: disable=protected-access
+  allowed = [np.ndarray, np.dtype]
+  for fn in (multiarray.scalar, multiarray._reconstruct):  # pylint: disable=protected-access
+    allowed += [fn, (fn, f'numpy.core.multiarray.{fn.__name__}'),
+                (fn, f'numpy._core.multiarray.{fn.__name__}')]
+  allowed += [type(np.dtype(code)) for code in '?bBhHiIlLqQefdgFDG']
+  return allowed
 
 
 def _find_state_dict(obj, path, tensor_type):
