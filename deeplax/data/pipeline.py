@@ -62,7 +62,7 @@ def _eval_count(config, source: base.Source) -> int:
 
 def get_info(config) -> DatasetInfo:
   """Names, class count, palette and split sizes of the configured data set."""
-  source = sources.get_source(config.dataset)
+  source = sources.get_source(config)
   return DatasetInfo(
       name=source.name, num_classes=source.num_classes,
       class_names=tuple(source.class_names), palette=np.asarray(source.palette, np.uint8),
@@ -109,7 +109,7 @@ def create_train_iterator(config, seed: int, process_index: int = 0, process_cou
   """Infinite iterator of {'image': float32 (B, cropH, cropW, 3), 'label': int32 (B, cropH,
   cropW)} with B = config.batch_size // process_count; deterministic given `seed`, and
   `start_step=k` yields exactly what the uninterrupted run yields from step k on."""
-  source = sources.get_source(config.dataset)
+  source = sources.get_source(config)
   split = config.dataset.train_split
   start, end = shard_range(source.num_examples(split), process_index, process_count)
   num_local = end - start
@@ -144,7 +144,7 @@ def create_train_iterator(config, seed: int, process_index: int = 0, process_cou
 def create_eval_iterator(config, process_index: int = 0, process_count: int = 1
                          ) -> NumpyIterator:
   """Finite iterator of eval batches (see module docstring); len() = batches per host."""
-  source = sources.get_source(config.dataset)
+  source = sources.get_source(config)
   split = config.dataset.eval_split
   total = _eval_count(config, source)
   start, end = shard_range(total, process_index, process_count)

@@ -34,19 +34,19 @@ class ShapesSource(base.Source):
     return record
 
 
-def get_source(dataset_config) -> base.Source:
-  """The source named by dataset_config.name (tfds builders prepared on first use)."""
-  name = dataset_config.name
+def get_source(config) -> base.Source:
+  """The source named by config.dataset.name (tfds builders prepared on first use)."""
+  name = config.dataset.name
   if name == 'shapes':
-    return ShapesSource(dataset_config)
+    return ShapesSource(config.dataset)
   if name == 'voc':
     from deeplax.data import voc  # pylint: disable=import-outside-toplevel
-    return voc.source(dataset_config)
+    return voc.source(config)
   if name == 'cityscapes':
     from deeplax.data import cityscapes  # pylint: disable=import-outside-toplevel
-    return cityscapes.source(dataset_config)
+    return cityscapes.source(config)
   if name == 'folder':
     from deeplax.data import folder  # pylint: disable=import-outside-toplevel
-    return folder.source(dataset_config)
+    return folder.source(config)
   raise base.DataError(f"dataset.name={name!r} is unknown; known: 'voc', 'cityscapes', "
                        "'folder', 'shapes'")
