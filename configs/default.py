@@ -44,8 +44,9 @@ def get_config():
   d.train_split = 'train_aug'  # Split used for training.
   d.eval_split = 'val'  # Split used for evaluation.
   d.ignore_label = 255  # Label value that counts in neither loss nor metrics.
-  d.image_dir = ''  # Folder data set: images directory (relative to manual_dir or absolute).
-  d.label_dir = ''  # Folder data set: labels directory, matched to images by file stem.
+  d.image_dir = ''  # Folder data set: images directory (relative to manual_dir or absolute; '' = images).
+  d.label_dir = ''  # Folder data set: labels directory, matched to images by file stem ('' = labels).
+  d.val_fraction = 0.1  # Folder data set: share held out as val when train.txt/val.txt are generated.
   d.class_names = ()  # Folder data set: names of the classes (default: class_0, class_1, ...).
   d.palette = ()  # Folder data set: RGB colour per class, e.g. ((0, 0, 0), (128, 0, 0)).
   d.shuffle_buffer = 1000  # tf.data shuffle buffer (examples).
