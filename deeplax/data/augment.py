@@ -25,14 +25,11 @@ def _pair(value) -> Tuple[int, int]:
       int(value[0]), int(value[1]))
 
 
-def _mean255(mean: Sequence[float]) -> tf.Tensor:
-  return tf.constant([255.0 * m for m in mean], tf.float32)
-
-
 def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
-  """uint8-range float image -> (image / 255 - mean) / std, float32."""
-  image = tf.cast(image, tf.float32) / 255.0
-  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+  """uint8-range image -> (image / 255 - mean) / std, float32, as one multiply-add."""
+  scale = tf.constant([1.0 / (255.0 * s) for s in std], tf.float32)
+  offset = tf.constant([-m / s for m, s in zip(mean, std)], tf.float32)
+  return tf.cast(image, tf.float32) * scale + offset
 
 
 def draw_scale(seed: tf.Tensor, min_scale: float, max_scale: float, step: float) -> tf.Tensor:
@@ -54,16 +51,14 @@ def resize_pair(image: tf.Tensor, label: tf.Tensor, size: tf.Tensor
   return image, label
 
 
-def pad_pair(image: tf.Tensor, label: tf.Tensor, min_h, min_w, mean255: tf.Tensor,
-             ignore_label: int) -> Tuple[tf.Tensor, tf.Tensor]:
-  """Pads bottom/right to at least (min_h, min_w): image with the mean, label with ignore."""
+def pad_pair(image: tf.Tensor, label: tf.Tensor, min_h, min_w, ignore_label: int
+             ) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Pads a normalised image with 0 (the mean colour) and the label with ignore,
+  bottom/right, to at least (min_h, min_w)."""
   shape = tf.shape(label)
-  pad_h = tf.maximum(min_h - shape[0], 0)
-  pad_w = tf.maximum(min_w - shape[1], 0)
-  paddings = [[0, pad_h], [0, pad_w]]
-  image = tf.pad(image - mean255, paddings + [[0, 0]]) + mean255
-  label = tf.pad(label, paddings, constant_values=ignore_label)
-  return image, label
+  paddings = [[0, tf.maximum(min_h - shape[0], 0)], [0, tf.maximum(min_w - shape[1], 0)]]
+  return (tf.pad(image, paddings + [[0, 0]]),
+          tf.pad(label, paddings, constant_values=ignore_label))
 
 
 def photometric(image: tf.Tensor, seeds: tf.Tensor) -> tf.Tensor:
@@ -86,15 +81,15 @@ def train_example(example: dict, seed: tf.Tensor, augment_config, ignore_label: 
   """Decoded example + per-example seed -> {'image': float32 crop, 'label': int32 crop}.
 
   Order: photometric (optional) -> resize by short_side policy x random scale -> pad
-  to the crop -> random crop -> random horizontal flip -> normalise.
+  to the crop (mean / ignore) -> random crop -> normalise -> random horizontal flip.
   """
   a = augment_config
   crop_h, crop_w = _pair(a.crop_size)
   seeds = tf.random.experimental.stateless_split(seed, 8)
-  image = tf.cast(example['image'], tf.float32)
+  image = example['image']  # uint8 until resized (resize returns float32)
   label = example['label']
   if a.photometric:
-    image = photometric(image, seeds[4:8])
+    image = photometric(tf.cast(image, tf.float32), seeds[4:8])
 
   shape = tf.shape(label)
   height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
@@ -104,21 +99,27 @@ def train_example(example: dict, seed: tf.Tensor, augment_config, ignore_label: 
   new_size = tf.maximum(tf.cast(tf.round(tf.stack([height, width]) * scale), tf.int32), 1)
   image, label = tf.cond(
       tf.reduce_all(new_size == shape),
-      lambda: (image, label),
+      lambda: (tf.cast(image, tf.float32), label),
       lambda: resize_pair(image, label, new_size))
 
-  mean255 = _mean255(a.mean)
-  image, label = pad_pair(image, label, crop_h, crop_w, mean255, ignore_label)
+  # Random crop of the image padded (bottom/right) to at least the crop size, computed
+  # as: slice the real part of the window, normalise it, then pad it with 0 (= the mean
+  # after normalising) and the label with ignore. Same result as pad-then-crop, with the
+  # per-pixel work done on the crop only.
   shape = tf.shape(label)
-  top = tf.random.stateless_uniform([], seeds[1], 0, shape[0] - crop_h + 1, dtype=tf.int32)
-  left = tf.random.stateless_uniform([], seeds[2], 0, shape[1] - crop_w + 1, dtype=tf.int32)
-  image = tf.slice(image, [top, left, 0], [crop_h, crop_w, 3])
-  label = tf.slice(label, [top, left], [crop_h, crop_w])
+  top = tf.random.stateless_uniform(
+      [], seeds[1], 0, tf.maximum(shape[0], crop_h) - crop_h + 1, dtype=tf.int32)
+  left = tf.random.stateless_uniform(
+      [], seeds[2], 0, tf.maximum(shape[1], crop_w) - crop_w + 1, dtype=tf.int32)
+  real_h = tf.minimum(crop_h, shape[0] - top)
+  real_w = tf.minimum(crop_w, shape[1] - left)
+  image = normalize(tf.slice(image, [top, left, 0], [real_h, real_w, 3]), a.mean, a.std)
+  label = tf.slice(label, [top, left], [real_h, real_w])
+  image, label = pad_pair(image, label, crop_h, crop_w, ignore_label)
   if a.flip:
     flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     label = tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label)
-  image = normalize(image, a.mean, a.std)
   image.set_shape([crop_h, crop_w, 3])
   label = tf.cast(label, tf.int32)
   label.set_shape([crop_h, crop_w])
@@ -133,7 +134,8 @@ def eval_example(example: dict, augment_config, eval_config, ignore_label: int) 
   the file. eval.crop_val: resize so the image covers pad_size, then centre-crop.
   """
   pad_h, pad_w = _pair(eval_config.pad_size)
-  image = tf.cast(example['image'], tf.float32)
+  mean, std = augment_config.mean, augment_config.std
+  image = example['image']
   label = example['label']
   shape = tf.shape(label)
   if eval_config.crop_val:
@@ -144,7 +146,7 @@ def eval_example(example: dict, augment_config, eval_config, ignore_label: int) 
     image, label = resize_pair(image, label, new_size)
     top = (new_size[0] - pad_h) // 2
     left = (new_size[1] - pad_w) // 2
-    image = tf.slice(image, [top, left, 0], [pad_h, pad_w, 3])
+    image = normalize(tf.slice(image, [top, left, 0], [pad_h, pad_w, 3]), mean, std)
     label = tf.slice(label, [top, left], [pad_h, pad_w])
     real_h, real_w = tf.constant(pad_h), tf.constant(pad_w)
   else:
@@ -154,13 +156,13 @@ def eval_example(example: dict, augment_config, eval_config, ignore_label: int) 
         '--config.eval.pad_size or set --config.eval.crop_val=True. file:',
         example['file_name'], 'height, width:', shape[0], shape[1]])
     with tf.control_dependencies([check]):
-      image, label = pad_pair(image, label, pad_h, pad_w, _mean255(augment_config.mean),
+      # Normalised, the mean colour is 0: pad the image with 0, the label with ignore.
+      image, label = pad_pair(normalize(image, mean, std), label, pad_h, pad_w,
                               ignore_label)
       # A no-op once the Assert has passed; keeps the static shape consistent when the
       # input's static shape is known (and too large, which the Assert then reports).
       image, label = image[:pad_h, :pad_w], label[:pad_h, :pad_w]
     real_h, real_w = shape[0], shape[1]
-  image = normalize(image, augment_config.mean, augment_config.std)
   image.set_shape([pad_h, pad_w, 3])
   label = tf.cast(label, tf.int32)
   label.set_shape([pad_h, pad_w])

@@ -24,7 +24,7 @@ marked valid=False (all-ignore labels), so every image is counted exactly once a
 host runs the same number of eval steps.
 """
 import math
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class NumpyIterator:
   def __init__(self, dataset, num_batches=None):
     self.dataset = dataset
     self.num_batches = num_batches  # eval: batches per host; train: None (infinite)
-    self._iterator = iter(dataset.as_numpy_iterator())
+    self._iterator = None  # started on the first next(): no work before it is used
 
   def __iter__(self) -> Iterator[dict]:
     return self
@@ -88,6 +88,8 @@ class NumpyIterator:
     return self.num_batches
 
   def __next__(self) -> dict:
+    if self._iterator is None:
+      self._iterator = iter(self.dataset.as_numpy_iterator())
     try:
       batch = next(self._iterator)
     except tf.errors.OpError as e:
@@ -105,11 +107,13 @@ def _options() -> tf.data.Options:
 
 
 def create_train_iterator(config, seed: int, process_index: int = 0, process_count: int = 1,
-                          start_step: int = 0) -> NumpyIterator:
+                          start_step: int = 0, source: Optional[base.Source] = None
+                          ) -> NumpyIterator:
   """Infinite iterator of {'image': float32 (B, cropH, cropW, 3), 'label': int32 (B, cropH,
   cropW)} with B = config.batch_size // process_count; deterministic given `seed`, and
-  `start_step=k` yields exactly what the uninterrupted run yields from step k on."""
-  source = sources.get_source(config)
+  `start_step=k` yields exactly what the uninterrupted run yields from step k on.
+  `source` replaces the configured data set (benchmarks, tests)."""
+  source = source or sources.get_source(config)
   split = config.dataset.train_split
   start, end = shard_range(source.num_examples(split), process_index, process_count)
   num_local = end - start
@@ -141,10 +145,10 @@ def create_train_iterator(config, seed: int, process_index: int = 0, process_cou
   return NumpyIterator(ds)
 
 
-def create_eval_iterator(config, process_index: int = 0, process_count: int = 1
-                         ) -> NumpyIterator:
+def create_eval_iterator(config, process_index: int = 0, process_count: int = 1,
+                         source: Optional[base.Source] = None) -> NumpyIterator:
   """Finite iterator of eval batches (see module docstring); len() = batches per host."""
-  source = sources.get_source(config)
+  source = source or sources.get_source(config)
   split = config.dataset.eval_split
   total = _eval_count(config, source)
   start, end = shard_range(total, process_index, process_count)

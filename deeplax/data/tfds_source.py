@@ -114,9 +114,14 @@ class TfdsSource(base.Source):
                                    decoders=decoders, read_config=read_config)
 
   def decode(self, record):
-    image = tf.io.decode_image(record['image'], channels=3, expand_animations=False)
-    label = tf.io.decode_png(record['label'], channels=1)[..., 0]
-    return {'image': image, 'label': label, 'file_name': record['file_name']}
+    return decode_record(record)
+
+
+def decode_record(record: dict) -> dict:
+  """{'image': encoded, 'label': greyscale PNG, 'file_name'} -> decoded uint8 tensors."""
+  image = tf.io.decode_image(record['image'], channels=3, expand_animations=False)
+  label = tf.io.decode_png(record['label'], channels=1)[..., 0]
+  return {'image': image, 'label': label, 'file_name': record['file_name']}
 
 
 def builder_kwargs(dataset_config, allow_download: bool) -> dict:
