@@ -1,5 +1,7 @@
 """Input pipeline: augmentation geometry against numpy, padding, determinism, resume,
 sharding and eval padding (on the built-in shapes source and hand-made arrays)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -245,3 +247,18 @@ def test_bad_split_and_batch():
   config.batch_size = 9
   with pytest.raises(ValueError, match='batch_size=9'):
     pipeline.create_train_iterator(config, 0, process_count=2)
+
+
+def test_prepare_command_prints_splits():
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(
+      [sys.executable, '-m', 'deeplax.data.prepare', '--config', 'configs/default.py',
+       '--config.dataset.name=shapes', '--config.dataset.train_split=train',
+       '--config.dataset.eval_split=val', '--config.dataset.num_train_images=6',
+       '--config.dataset.num_eval_images=3'], cwd=repo, capture_output=True, text=True,
+      timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert 'shapes: 4 classes: background, circle, square, triangle' in done.stdout
+  assert 'train: 6 examples' in done.stdout and 'val: 3 examples' in done.stdout
