@@ -86,6 +86,11 @@ def test_extracted_devkit_and_segmentation_class_aug(tmp_path):
   names = [n for b in pipeline.create_eval_iterator(config) for n, v in
            zip(b['file_name'], b['valid']) if v]
   assert sorted(names) == sorted(fx.VOC_VAL)
+  # Two hosts read disjoint slices of the prepared split that cover it.
+  per_host = [[n for b in pipeline.create_eval_iterator(config, host, 2)
+               for n, v in zip(b['file_name'], b['valid']) if v] for host in (0, 1)]
+  assert [len(h) for h in per_host] == [1, 2]
+  assert sorted(per_host[0] + per_host[1]) == sorted(fx.VOC_VAL)
 
 
 def test_missing_sbd_and_missing_label_are_named(tmp_path):
