@@ -79,6 +79,17 @@ def get_config():
   e.num_images = 0  # Evaluate only the first N images (0 = all).
   e.log_images = 3  # Images (input | label | prediction) written to TensorBoard per eval.
 
+  # ---- prediction (--mode predict; scales, flip and output stride come from eval) -----
+  config.predict = pr = ml_collections.ConfigDict()
+  pr.mode = 'whole'  # 'whole' image, 'slide' (overlapping windows, mmseg) or 'auto' (slide above max_whole_pixels).
+  pr.window = (512, 512)  # Slide mode: window (height, width), usually the training crop.
+  pr.stride = (341, 341)  # Slide mode: step between windows (height, width); < window = overlap, averaged.
+  pr.windows_per_call = 0  # Slide mode: windows run through the model at once (0 = all; lower saves memory).
+  pr.max_whole_pixels = 2048 * 1024  # 'auto' mode: padded images with more pixels go through slide mode.
+  pr.batch_size = 4  # Images per jitted call (rounded up to a multiple of the local device count).
+  pr.pad_multiple = 128  # Image sides are padded up to a multiple of this: one compile per size bucket.
+  pr.overlay_alpha = 0.5  # Weight of the class colours in <stem>_overlay.png (0 = image only).
+
   # ---- optimisation -------------------------------------------------------------
   config.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 0.007  # Base learning rate (DeepLabv3: 0.007 at batch 16).
