@@ -116,7 +116,7 @@ class CityscapesFine(tfds_source.SegmentationBuilder):
 
   def _split_generators(self, dl_manager):
     root = _find_root(self.source_dir, dl_manager)
-    return {split: self._generate_examples(split_items(root, split)) for split in SPLITS}
+    return {split: self._generate_examples(split_items(root, split), split) for split in SPLITS}
 
 
 def builder(dataset_config) -> CityscapesFine:

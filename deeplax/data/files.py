@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from deeplax.data.base import DataError
+from deeplax.data.tf_cpu import tf
 
 # Images TF decodes as-is (decode_image, channels=3); anything else is re-encoded to PNG.
 _KEEP_FORMATS = {'JPEG': 'jpeg', 'PNG': 'png'}
@@ -39,14 +40,41 @@ def require_file(path: str, what: str) -> str:
 
 
 def _open(path: str) -> Image.Image:
+  """The fully decoded image; CorruptFile naming `path` for anything PIL cannot read.
+
+  PNG chunk checksums are verified first: PIL's decoder skips the IDAT checksum, so a
+  flipped byte in the pixel data would otherwise load as a silently different label
+  (or fail later inside TF's libpng, which does check it).
+  """
   try:
+    with Image.open(path) as probe:
+      if probe.format == 'PNG':
+        probe.verify()
     image = Image.open(path)
     image.load()  # decode fully: truncated or corrupt data fails here, not in training
     return image
   except FileNotFoundError:
     raise DataError(f'{path} does not exist') from None
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+  except MemoryError:
+    raise
+  except Exception as e:  # PIL raises many types for bad data  # pylint: disable=broad-except
     raise CorruptFile(f'{path} is corrupt or not an image ({type(e).__name__}: {e})') from None
+
+
+def _check_tf_decodes(data: bytes, path: str, size: Tuple[int, int]) -> None:
+  """The kept bytes decode in TF (what the pipeline runs) to the size PIL read.
+
+  Decoders differ in what they tolerate; checking here turns a failure deep inside a
+  training run's tf.data into an error naming the file while preparing.
+  """
+  try:
+    decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
+    shape = tuple(decoded.shape[:2])
+  except tf.errors.OpError as e:
+    raise CorruptFile(f'{path} is corrupt: TensorFlow cannot decode it ({e.message})') from None
+  if shape != tuple(size):
+    raise CorruptFile(f'{path} is corrupt: TensorFlow decodes it as {shape[0]}x{shape[1]} '
+                      f'(HxW) but PIL as {size[0]}x{size[1]}')
 
 
 def read_image(path: str) -> Tuple[bytes, Tuple[int, int]]:
@@ -59,7 +87,9 @@ def read_image(path: str) -> Tuple[bytes, Tuple[int, int]]:
   size = (image.height, image.width)
   if image.format in _KEEP_FORMATS and image.mode in _KEEP_MODES:
     with open(path, 'rb') as f:
-      return f.read(), size
+      data = f.read()
+    _check_tf_decodes(data, path, size)
+    return data, size
   buffer = io.BytesIO()
   image.convert('RGB').save(buffer, format='PNG', compress_level=1)
   return buffer.getvalue(), size
@@ -68,6 +98,9 @@ def read_image(path: str) -> Tuple[bytes, Tuple[int, int]]:
 def read_label(path: str) -> np.ndarray:
   """uint8 (H, W) class indices from a single-channel or palette PNG (indices, not colours)."""
   image = _open(path)
+  if image.format == 'JPEG':
+    raise DataError(f'label {path} is a JPEG: lossy compression changes class indices near '
+                    'every boundary; labels must be PNG (or another lossless format)')
   if image.mode in ('P', 'L'):
     return np.asarray(image, np.uint8)
   if image.mode in ('I', 'I;16', 'I;16B', 'I;16L'):

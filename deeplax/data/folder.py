@@ -203,8 +203,8 @@ class FolderSegmentation(tfds_source.SegmentationBuilder):
     del dl_manager
     read = label_reader(self._palette)
     return {split: self._generate_examples(
-        [(name, name, image, label, read) for name, image, label in self.layout.splits[split]])
-            for split in SPLITS}
+        [(name, name, image, label, read) for name, image, label in self.layout.splits[split]],
+        split) for split in SPLITS}
 
 
 def class_setup(config):

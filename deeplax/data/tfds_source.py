@@ -56,15 +56,26 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder):
     return key, {'image': image_bytes, 'label': files.encode_label(label),
                  'file_name': file_name}
 
-  def _generate_examples(self, items: Sequence[Item]):
+  def _generate_examples(self, items: Sequence[Item], split: str = ''):
     workers = min(8, os.cpu_count() or 1)
+    skipped_before = len(self.corrupt.skipped)
+    yielded = 0
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       for start in range(0, len(items), _WINDOW):
         window = items[start:start + _WINDOW]
         for result in pool.map(lambda item: self.corrupt.run(self._load, item), window):
           if result is not None:
+            yielded += 1
             yield result
     self.info.metadata['skipped'] = list(self.corrupt.skipped)
+    if not yielded:  # tfds would fail with "No examples were yielded", naming nothing
+      what = f'split {split!r}' if split else 'a split'
+      if not items:
+        raise base.DataError(f'{self.name}: {what} lists no examples ({self.source_dir or ""}'
+                             '); every split needs at least one')
+      skipped = self.corrupt.skipped[skipped_before:]
+      raise base.DataError(f'{self.name}: {what} has no usable example: all {len(items)} '
+                           f'listed were skipped as corrupt (first: {skipped[0]})')
 
 
 def prepare(builder: SegmentationBuilder) -> SegmentationBuilder:

@@ -48,7 +48,16 @@ def read_sbd_mat(path: str) -> np.ndarray:
   segmentation = getattr(gt, 'Segmentation', None)
   if segmentation is None or np.ndim(segmentation) != 2:
     raise DataError(f'{path} has no 2-D GTcls.Segmentation; expected an SBD cls/*.mat file')
-  return np.asarray(segmentation).astype(np.uint8)
+  values = np.asarray(segmentation)
+  if values.dtype.kind not in 'uifb':
+    raise DataError(f'{path}: GTcls.Segmentation has dtype {values.dtype}; expected integer '
+                    'class indices')
+  # Checked before the cast: uint8 would wrap 256 to 0 and -1 to 255, a silently wrong label.
+  if values.size and (values.min() < 0 or values.max() > 255 or
+                      (values.dtype.kind == 'f' and not np.all(values == np.round(values)))):
+    raise DataError(f'{path}: GTcls.Segmentation has values in [{values.min()}, '
+                    f'{values.max()}] (or fractions); expected class indices in [0, 255]')
+  return values.astype(np.uint8)
 
 
 def _read_ids(path: str) -> List[str]:
@@ -150,7 +159,7 @@ class Voc2012Segmentation(tfds_source.SegmentationBuilder):
       kind, sbd_dir = _find_sbd(self.source_dir, voc_dir, dl_manager, self.allow_download)
       splits['train_aug'] = self._train_aug(train, set(val), kind, sbd_dir, image_dir,
                                             voc_item)
-    return {name: self._generate_examples(items) for name, items in splits.items()}
+    return {name: self._generate_examples(items, name) for name, items in splits.items()}
 
   @staticmethod
   def _train_aug(train: List[str], val: Set[str], kind: str, sbd_dir: str, image_dir: str,
