@@ -5,8 +5,9 @@ pipeline costs a compile, or hours. Every problem is collected and reported at o
 each naming its key, the value found and what is allowed.
 """
 import json
+import logging
 import os
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 import ml_collections
 
@@ -118,7 +119,88 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1,
   if config.init_from and not os.path.exists(os.path.expanduser(config.init_from)):
     problems.append(f'init_from={config.init_from!r} does not exist (expected a converted '
                     'checkpoint directory from `python -m deeplax.convert` or a workdir)')
+  elif config.init_from:
+    problems += init_from_findings(config)[0]
   return problems
+
+
+def _init_from_description(path: str):
+  """(what the weights at `path` were made for, the file that says so), read from a
+  converted checkpoint's meta.json or a training workdir's config.json (found in `path`
+  or up to two parents: workdir/checkpoints/<step>); (None, None) when neither exists.
+  Only small JSON files are read: no array is loaded here."""
+  from deeplax.convert import store  # pylint: disable=import-outside-toplevel
+  path = os.path.abspath(os.path.expanduser(path))
+  meta_path = os.path.join(path, store.META_FILE)
+  if os.path.isfile(meta_path):
+    with open(meta_path) as f:
+      return json.load(f), meta_path
+  for directory in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+    config_path = os.path.join(directory, CONFIG_FILE)
+    if os.path.isfile(config_path):
+      with open(config_path) as f:
+        model = json.load(f).get('model', {})
+      return {'model': model.get('name'), 'num_classes': model.get('num_classes'),
+              'output_stride': model.get('output_stride'),
+              'backbone_variant': model.get('backbone_variant'),
+              'aux_head': model.get('aux_head'), 'backbone_only': False}, config_path
+  return None, None
+
+
+def init_from_findings(config: ml_collections.ConfigDict) -> Tuple[List[str], List[str]]:
+  """(problems, warnings) of `config.init_from` against `config.model`.
+
+  Errors: another backbone (or, for init_scope='all', another model), another
+  backbone_variant (e.g. VainF MobileNetV2 weights need 'vainf', DeepLab-v2 caffe
+  ResNets 'caffe': the padding or layer layout differs, so the weights would load and
+  compute something else), another num_classes under init_scope='all'. Warnings:
+  another output_stride (the weights work at any stride, results differ from the
+  published ones), a head left at init by a backbone-only checkpoint or a missing aux head.
+  """
+  try:
+    meta, source = _init_from_description(config.init_from)
+  except (OSError, json.JSONDecodeError) as e:
+    return [f'init_from={config.init_from!r}: cannot read its description ({e})'], []
+  if meta is None:
+    return [], []
+  m = config.model
+  scope = config.init_scope
+  problems, warnings = [], []
+  name = meta.get('model')
+  if name and m.name != name:
+    backbone, theirs = m.name.rsplit('_', 1)[-1], name.rsplit('_', 1)[-1]
+    if scope == 'all' and not meta.get('backbone_only'):
+      problems.append(f'model.name={m.name!r} but init_from={config.init_from!r} holds '
+                      f'{name!r} ({source}); with init_scope=all the whole model must match '
+                      "(or set init_scope='backbone')")
+    elif backbone != theirs:
+      problems.append(f'model.name={m.name!r} has backbone {backbone!r} but init_from='
+                      f'{config.init_from!r} holds {name!r} (backbone {theirs!r}; {source})')
+  variant = meta.get('backbone_variant')
+  if variant and m.backbone_variant != variant:
+    problems.append(f'model.backbone_variant={m.backbone_variant!r} but init_from='
+                    f'{config.init_from!r} was made for {variant!r} ({source}): set '
+                    f"--config.model.backbone_variant={variant} (VainF MobileNetV2 weights "
+                    "need 'vainf', DeepLab-v2 caffe ResNets 'caffe')")
+  classes = meta.get('num_classes')
+  if scope == 'all' and classes is not None and not meta.get('backbone_only') and (
+      classes != m.num_classes):
+    problems.append(f'model.num_classes={m.num_classes} but init_from={config.init_from!r} '
+                    f'has a {classes}-class head ({source}): convert again with '
+                    f'--num_classes {m.num_classes} --reinit_head, or set '
+                    "init_scope='backbone'")
+  stride = meta.get('output_stride')
+  if stride and stride != m.output_stride and not meta.get('backbone_only'):
+    warnings.append(f'model.output_stride={m.output_stride} but init_from='
+                    f'{config.init_from!r} was trained at output stride {stride}: the weights '
+                    'load (strides only change dilations), the results will differ')
+  if scope == 'all' and meta.get('backbone_only'):
+    warnings.append(f'init_scope=all but init_from={config.init_from!r} holds only a '
+                    'backbone: the head starts from random init')
+  if scope == 'all' and m.aux_head and meta.get('aux_head') is False:
+    warnings.append(f'model.aux_head=True but init_from={config.init_from!r} has no aux '
+                    'head: it starts from random init')
+  return problems, warnings
 
 
 def validate_config(config, num_devices: int = 1, num_processes: int = 1,
@@ -127,6 +209,9 @@ def validate_config(config, num_devices: int = 1, num_processes: int = 1,
   problems = config_problems(config, num_devices, num_processes, dataset_num_classes)
   if problems:
     raise ConfigError(problems)
+  if config.init_from:
+    for warning in init_from_findings(config)[1]:
+      logging.warning('%s', warning)
 
 
 def _lookup(config_dict: dict, dotted: str):

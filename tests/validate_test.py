@@ -76,3 +76,83 @@ def test_workdir_guard(tmp_path):
   saved = json.load(open(os.path.join(workdir, validate.CONFIG_FILE)))
   assert saved['model']['name'] == 'deeplabv3plus_resnet50'
   assert not [f for f in os.listdir(workdir) if '.tmp' in f]
+
+
+def _converted(tmp_path, **meta):
+  """A converted-checkpoint directory as `python -m deeplax.convert` writes it (only
+  meta.json matters here: validation reads no array)."""
+  path = tmp_path / 'converted'
+  os.makedirs(path / 'variables', exist_ok=True)
+  full = {'model': 'deeplabv3_resnet101', 'num_classes': 21, 'output_stride': 16,
+          'backbone_variant': 'torchvision', 'layout': 'torchvision_segmentation',
+          'backbone_only': False, 'aux_head': False, **meta}
+  with open(path / 'meta.json', 'w') as f:
+    json.dump(full, f)
+  return str(path)
+
+
+def _init_config(path, scope='all', **model):
+  config = voc_resnet101.get_config()
+  config.init_from = path
+  config.init_scope = scope
+  for key, value in model.items():
+    config.model[key] = value
+  return config
+
+
+@pytest.mark.parametrize('meta,scope,model,expected', [
+    ({'backbone_variant': 'vainf', 'model': 'deeplabv3plus_mobilenetv2'}, 'backbone',
+     {'name': 'deeplabv3plus_mobilenetv2', 'backbone_variant': 'torchvision'},
+     ["model.backbone_variant='torchvision'", "made for 'vainf'",
+      '--config.model.backbone_variant=vainf']),
+    ({'backbone_variant': 'caffe', 'model': 'deeplabv2_resnet101'}, 'backbone',
+     {'name': 'deeplabv2_resnet101'}, ["made for 'caffe'"]),
+    ({'num_classes': 19}, 'all', {}, ['model.num_classes=21', '19-class head',
+                                       '--num_classes 21 --reinit_head']),
+    ({}, 'all', {'name': 'deeplabv3plus_resnet101'},
+     ["model.name='deeplabv3plus_resnet101'", "holds 'deeplabv3_resnet101'",
+      "init_scope='backbone'"]),
+    ({}, 'backbone', {'name': 'deeplabv3_resnet50'}, ["backbone 'resnet50'",
+                                                       "(backbone 'resnet101'"]),
+])
+def test_init_from_checkpoint_must_fit_the_model(tmp_path, meta, scope, model, expected):
+  config = _init_config(_converted(tmp_path, **meta), scope, **model)
+  with pytest.raises(validate.ConfigError) as err:
+    validate.validate_config(config, num_devices=4)
+  for text in expected:
+    assert text in str(err.value), err.value
+  assert 'meta.json' in str(err.value)  # names the file that says what the weights are
+
+
+def test_init_from_compatible_cases_pass_some_with_a_warning(tmp_path, caplog):
+  # Another head (v3 -> v3+) or another class count only matters for init_scope='all'.
+  path = _converted(tmp_path, num_classes=19)
+  validate.validate_config(_init_config(path, 'backbone', name='deeplabv3plus_resnet101'),
+                           num_devices=4)
+  assert not caplog.records
+  # Another output stride: loads, with a warning.
+  path = _converted(tmp_path, output_stride=8)
+  with caplog.at_level('WARNING'):
+    validate.validate_config(_init_config(path, 'all'), num_devices=4)
+  assert any('output stride 8' in r.getMessage() for r in caplog.records)
+  # A backbone-only (classification) checkpoint with scope 'all': the head is left at init.
+  caplog.clear()
+  path = _converted(tmp_path, backbone_only=True, num_classes=1000)
+  with caplog.at_level('WARNING'):
+    validate.validate_config(_init_config(path, 'all', name='deeplabv3plus_resnet101'),
+                             num_devices=4)
+  assert any('holds only a backbone' in r.getMessage() for r in caplog.records)
+
+
+def test_init_from_training_workdir_is_checked_through_its_config(tmp_path):
+  workdir = str(tmp_path / 'run')
+  validate.check_workdir_config(workdir, _init_config('', 'all', num_classes=19))
+  step_dir = os.path.join(workdir, 'checkpoints', '100')
+  os.makedirs(step_dir)
+  for path in (workdir, step_dir):
+    with pytest.raises(validate.ConfigError, match=r'19-class head .*run/config.json'):
+      validate.validate_config(_init_config(path, 'all'), num_devices=4)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write('{not json')
+  with pytest.raises(validate.ConfigError, match='cannot read its description'):
+    validate.validate_config(_init_config(workdir, 'all'), num_devices=4)
