@@ -78,9 +78,9 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1,
       problems.append(f'model.{key}={m[key]!r}; allowed: {", ".join(DTYPES)}')
   if m.num_classes < 1:
     problems.append(f'model.num_classes={m.num_classes} must be >= 1')
-  if dataset_num_classes is not None and dataset_num_classes != m.num_classes:
-    problems.append(f'model.num_classes={m.num_classes} but data set '
-                    f'{config.dataset.name!r} has {dataset_num_classes} classes')
+  if dataset_num_classes is None:
+    dataset_num_classes = known_num_classes(config)
+  problems += _num_classes_problems(config, dataset_num_classes)
 
   if config.dataset.name not in DATASETS:
     problems.append(f'dataset.name={config.dataset.name!r}; allowed: {", ".join(DATASETS)}')
@@ -201,6 +201,31 @@ def init_from_findings(config: ml_collections.ConfigDict) -> Tuple[List[str], Li
     warnings.append(f'model.aux_head=True but init_from={config.init_from!r} has no aux '
                     'head: it starts from random init')
   return problems, warnings
+
+
+def known_num_classes(config: ml_collections.ConfigDict) -> Optional[int]:
+  """The class count of the configured data set, known without reading it (None for a
+  folder data set without dataset.class_names: its count is model.num_classes)."""
+  from deeplax.data import palettes, shapes  # pylint: disable=import-outside-toplevel
+  name = config.dataset.name
+  if name == 'folder':
+    return len(config.dataset.class_names) or None
+  return {'voc': len(palettes.VOC_CLASSES), 'cityscapes': len(palettes.CITYSCAPES_CLASSES),
+          'shapes': shapes.NUM_CLASSES}.get(name)
+
+
+def _num_classes_problems(config, dataset_num_classes: Optional[int]) -> List[str]:
+  if dataset_num_classes is not None and dataset_num_classes != config.model.num_classes:
+    return [f'model.num_classes={config.model.num_classes} but data set '
+            f'{config.dataset.name!r} has {dataset_num_classes} classes']
+  return []
+
+
+def check_num_classes(config: ml_collections.ConfigDict, dataset_num_classes: int) -> None:
+  """Raises ConfigError if the data set, once opened, has another class count."""
+  problems = _num_classes_problems(config, dataset_num_classes)
+  if problems:
+    raise ConfigError(problems)
 
 
 def validate_config(config, num_devices: int = 1, num_processes: int = 1,

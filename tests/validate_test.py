@@ -156,3 +156,19 @@ def test_init_from_training_workdir_is_checked_through_its_config(tmp_path):
     f.write('{not json')
   with pytest.raises(validate.ConfigError, match='cannot read its description'):
     validate.validate_config(_init_config(workdir, 'all'), num_devices=4)
+
+
+def test_class_count_known_before_reading_any_data():
+  config = default.get_config()  # voc, 21 classes
+  config.dataset.name = 'cityscapes'
+  with pytest.raises(validate.ConfigError, match="model.num_classes=21 but data set "
+                     "'cityscapes' has 19 classes"):
+    validate.validate_config(config, num_devices=4)
+  config.dataset.name = 'folder'  # its count comes from the config
+  validate.validate_config(config, num_devices=4)
+  config.dataset.class_names = ('a', 'b')
+  with pytest.raises(validate.ConfigError, match="'folder' has 2 classes"):
+    validate.validate_config(config, num_devices=4)
+  validate.check_num_classes(config, 21)
+  with pytest.raises(validate.ConfigError, match="'folder' has 3 classes"):
+    validate.check_num_classes(config, 3)
