@@ -1,0 +1,66 @@
+"""deeplax entry point: train, evaluate or predict with a config file.
+
+  python main.py --config configs/shapes.py --workdir runs/shapes
+  python main.py --config configs/shapes.py --workdir runs/shapes --mode eval
+  python main.py --config configs/voc_resnet101.py --workdir runs/voc \
+      --config.batch_size=8 --config.init_from=weights/resnet101
+
+Any config key can be overridden with --config.<key>=<value>.
+"""
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and eval results.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
+                  'train (resumes from WORKDIR), eval (a checkpoint of WORKDIR), predict.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _setup_jax(config):
+  """Multi-host init and the persistent compilation cache, before any computation."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if config.distributed:
+    jax.distributed.initialize()
+  if config.compilation_cache_dir:
+    cache_dir = os.path.expanduser(config.compilation_cache_dir)
+    jax.config.update('jax_compilation_cache_dir', cache_dir)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
+               jax.process_count(), jax.local_devices())
+
+
+def _quiet_library_logs():
+  """Orbax logs a dozen INFO lines per save through absl; keep its warnings only."""
+  import logging as std_logging  # pylint: disable=import-outside-toplevel
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  _quiet_library_logs()
+  # tf.data runs on the host: keep TensorFlow off the accelerators JAX needs.
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.set_visible_devices([], 'GPU')
+  config = FLAGS.config
+  _setup_jax(config)
+  from deeplax import train  # pylint: disable=import-outside-toplevel
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == 'eval':
+    train.evaluate_checkpoint(config, FLAGS.workdir)
+  else:
+    raise NotImplementedError('--mode predict is not available yet (issue 6)')
+
+
+if __name__ == '__main__':
+  app.run(main)
