@@ -78,6 +78,7 @@ def get_config():
   e.every_steps = 2000  # Evaluate every this many training steps (and at the end).
   e.num_images = 0  # Evaluate only the first N images (0 = all).
   e.log_images = 3  # Images (input | label | prediction) written to TensorBoard per eval.
+  e.checkpoint = 'latest'  # --mode eval: 'latest', 'best' (by mIoU) or a saved step number.
 
   # ---- prediction (--mode predict; scales, flip and output stride come from eval) -----
   config.predict = pr = ml_collections.ConfigDict()
