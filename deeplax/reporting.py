@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 CSV_FIELDS = ('index', 'name', 'iou', 'accuracy', 'label_pixels', 'predicted_pixels')
+EVAL_CSV = 'eval_results.csv'  # beside the trainer's eval_results.json
 
 
 def _temp_name(path: str) -> str:
@@ -106,3 +107,13 @@ def confusion_matrix_image(confusion, cell: int = 0, min_size: int = 256) -> np.
   if cell <= 0:
     cell = max(1, -(-min_size // cm.shape[0]))
   return np.repeat(np.repeat(image, cell, axis=0), cell, axis=1)
+
+
+def write_eval_report(workdir: str, confusion, class_names: Sequence[str], writer,
+                      step: int) -> str:
+  """What an evaluation adds beyond the trainer's JSON and table: WORKDIR/eval_results.csv
+  and the confusion-matrix image (TensorBoard 'eval/confusion_matrix', through a clu
+  metric writer). Returns the CSV path."""
+  path = write_csv(os.path.join(workdir, EVAL_CSV), class_rows(confusion, class_names))
+  writer.write_images(step, {'eval/confusion_matrix': confusion_matrix_image(confusion)[None]})
+  return path

@@ -81,3 +81,20 @@ def test_write_files_atomic_all_or_nothing(tmp_path, monkeypatch):
   monkeypatch.setattr(reporting.os, 'replace', real_replace)
   reporting.write_file_atomic(str(old), b'new')
   assert old.read_bytes() == b'new' and sorted(os.listdir(tmp_path)) == ['a.png']
+
+
+def test_write_eval_report(tmp_path):
+  """The eval hook: CSV beside eval_results.json, image to TensorBoard through a clu
+  writer's write_images (which takes (N, H, W, 3) uint8, as the eval panels)."""
+  written = {}
+
+  class Recorder:  # the one clu MetricWriter method used
+    def write_images(self, step, images):
+      written[step] = images
+
+  path = reporting.write_eval_report(str(tmp_path), CONFUSION, ['bg', 'cat', 'dog'],
+                                     Recorder(), step=7)
+  assert path == str(tmp_path / 'eval_results.csv')
+  assert (tmp_path / 'eval_results.csv').read_text().splitlines()[1] == '0,bg,0.5,0.75,4,5'
+  image = written[7]['eval/confusion_matrix']
+  assert image.shape == (1, 258, 258, 3) and image.dtype == np.uint8  # cell ceil(256/3)=86
