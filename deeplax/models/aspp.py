@@ -47,9 +47,10 @@ class DeepLabV2Classifier(nn.Module):
   def __call__(self, x):
     out = 0.
     for i, rate in enumerate(self.rates):
-      out = out + nn.Conv(self.num_classes, (3, 3), padding=layers.same_padding(3, rate),
-                          kernel_dilation=(rate, rate), dtype=self.dtype,
-                          param_dtype=self.param_dtype,
-                          kernel_init=layers.classifier_kernel_init,
-                          name=f'classifier_{i}')(x)
+      out = out + layers.Conv(self.num_classes, (3, 3),
+                              padding=layers.same_padding(3, rate),
+                              kernel_dilation=(rate, rate), dtype=self.dtype,
+                              param_dtype=self.param_dtype,
+                              kernel_init=layers.classifier_kernel_init,
+                              name=f'classifier_{i}')(x)
     return out

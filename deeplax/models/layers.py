@@ -26,8 +26,138 @@ def same_padding(kernel_size: int, dilation: int = 1) -> Padding:
   return ((p, p), (p, p))
 
 
+def tap_fraction(size: Sequence[int], kernel_size: int, dilation: int) -> float:
+  """Share of a 'same'-padded dilated conv's multiply-adds that touch real pixels.
+
+  A tap at offset k*d overlaps the map on max(0, size - |k*d|) rows; the rest reads
+  zero padding. At DeepLab's ASPP rates (12/24/36 at output stride 8) most taps fall
+  mostly or wholly into the padding.
+  """
+  r = kernel_size // 2
+  fraction = 1.0
+  for n in size:
+    fraction *= sum(max(0, n - abs(k * dilation)) for k in range(-r, r + 1)) / (kernel_size * n)
+  return fraction
+
+
+# Below this share of real work, a dilated conv runs as one matmul per tap on the
+# overlapping window (`atrous_conv_taps`); above it XLA's convolution is as fast.
+# Measured on XLA:CPU (benchmarks/README): break-even near 0.65.
+TAP_FRACTION_THRESHOLD = 0.55
+
+
+def atrous_conv_taps(x: jax.Array, kernel: jax.Array, dilation: int,
+                     precision=None, preferred_element_type=None) -> jax.Array:
+  """'Same'-padded stride-1 dilated conv (NHWC, HWIO) as a sum of per-tap matmuls,
+  each over only the window where the tap overlaps the input.
+
+  Equal to `lax.conv_general_dilated` with padding d*(k-1)/2 up to float summation
+  order, with no multiply-adds on the zero padding; the gradients are matmuls too.
+  """
+  n, h, w, _ = x.shape
+  kh, kw = kernel.shape[:2]
+  out = None
+  for ky in range(kh):
+    dy = (ky - kh // 2) * dilation
+    y0, y1 = max(0, -dy), min(h, h - dy)
+    for kx in range(kw):
+      dx = (kx - kw // 2) * dilation
+      x0, x1 = max(0, -dx), min(w, w - dx)
+      if y0 >= y1 or x0 >= x1:
+        continue  # the tap reads only padding
+      window = x[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx, :]
+      part = jax.lax.dot_general(window, kernel[ky, kx], (((3,), (0,)), ((), ())),
+                                 precision=precision,
+                                 preferred_element_type=preferred_element_type)
+      part = jnp.pad(part, ((0, 0), (y0, h - y1), (x0, w - x1), (0, 0)))
+      out = part if out is None else out + part
+  return out
+
+
+def depthwise_conv_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                        padding: Padding, dilation: Sequence[int]) -> jax.Array:
+  """Depthwise conv (NHWC, kernel (kh, kw, 1, C)) as a sum of shifted, strided slices of
+  the padded input times per-channel weights.
+
+  One elementwise fusion instead of a grouped convolution: XLA:CPU runs depthwise convs
+  at ~50 MFLOP/s and computes their weight gradient as a dense C x C convolution.
+  """
+  n, h, w, c = x.shape
+  kh, kw = kernel.shape[:2]
+  (sh, sw), (dh, dw) = strides, dilation
+  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  ho = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1
+  wo = (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
+  out = None
+  for ky in range(kh):
+    for kx in range(kw):
+      window = jax.lax.slice(x, (0, ky * dh, kx * dw, 0),
+                             (n, ky * dh + (ho - 1) * sh + 1, kx * dw + (wo - 1) * sw + 1, c),
+                             (1, sh, sw, 1))
+      part = window * kernel[ky, kx, 0]
+      out = part if out is None else out + part
+  return out
+
+
+class Conv(nn.Module):
+  """`nn.Conv` for NHWC images (same parameter `kernel` (kh, kw, in/groups, out), same
+  optional `bias`) with two lowerings that XLA's convolution does badly:
+
+  - sparse dilated convs -> per-tap matmuls (`atrous_conv_taps`): XLA computes every
+    tap, so an ASPP branch at rate 36 on a 41x41 map does ~6x its real work;
+  - depthwise convs -> shifted elementwise products (`depthwise_conv_taps`).
+
+  The choice is static (shapes are known at trace time); results equal
+  `lax.conv_general_dilated` up to float summation order.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: Padding = ((0, 0), (0, 0))
+  kernel_dilation: Sequence[int] = (1, 1)
+  feature_group_count: int = 1
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Callable = conv_kernel_init
+  bias_init: Callable = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = self.kernel_size
+    in_features = x.shape[-1]
+    if in_features % self.feature_group_count:
+      raise ValueError(f'{self.name}: {in_features} input channels do not split into '
+                       f'{self.feature_group_count} groups')
+    kernel = self.param('kernel', self.kernel_init,
+                        (kh, kw, in_features // self.feature_group_count, self.features),
+                        self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    dilation = tuple(self.kernel_dilation)
+    padding = tuple(tuple(p) for p in self.padding)
+    same = all(p == (d * (k - 1) // 2,) * 2
+               for p, d, k in zip(padding, dilation, (kh, kw)))
+    if (dilation[0] == dilation[1] > 1 and kh == kw and kh % 2 == 1 and same
+        and tuple(self.strides) == (1, 1) and self.feature_group_count == 1
+        and tap_fraction(x.shape[1:3], kh, dilation[0]) < TAP_FRACTION_THRESHOLD):
+      y = atrous_conv_taps(x, kernel, dilation[0], self.precision)
+    elif self.feature_group_count == in_features == self.features > 1:
+      y = depthwise_conv_taps(x, kernel, tuple(self.strides), padding, dilation)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, tuple(self.strides), padding, rhs_dilation=dilation,
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          feature_group_count=self.feature_group_count, precision=self.precision)
+    if bias is not None:
+      y = y + bias
+    return y
+
+
 def make_conv(dtype, param_dtype) -> ModuleDef:
-  return functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+  return functools.partial(Conv, use_bias=False, dtype=dtype, param_dtype=param_dtype,
                            kernel_init=conv_kernel_init)
 
 

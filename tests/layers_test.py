@@ -1,0 +1,100 @@
+"""deeplax.models.layers.Conv against XLA's own convolution and PyTorch's conv2d.
+
+`layers.Conv` lowers sparse dilated convs to per-tap matmuls and depthwise convs to
+shifted elementwise products (for speed on XLA:CPU); outputs and gradients must equal
+`lax.conv_general_dilated` (and torch) up to float summation order, and the parameters
+must be exactly `nn.Conv`'s (the converter maps names and shapes).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deeplax.models import layers
+
+# (kernel, dilation, stride, groups, padding (top, bottom, left, right), bias, channels in/out)
+CASES = [
+    (3, 12, 1, 1, (12, 12, 12, 12), False, 8, 16),  # ASPP-like: taps partly outside
+    (3, 30, 1, 1, (30, 30, 30, 30), True, 8, 16),  # rate > map: only the centre tap
+    (3, 2, 1, 1, (2, 2, 2, 2), True, 8, 16),  # dense enough: XLA's conv
+    (3, 1, 2, 1, (1, 1, 1, 1), False, 8, 16),
+    (1, 1, 1, 1, (0, 0, 0, 0), True, 8, 16),
+    (7, 1, 2, 1, (3, 3, 3, 3), False, 3, 8),
+    (3, 1, 1, 16, (1, 1, 1, 1), False, 16, 16),  # depthwise
+    (3, 1, 2, 16, (1, 1, 1, 1), False, 16, 16),  # strided depthwise
+    (3, 4, 1, 16, (4, 4, 4, 4), False, 16, 16),  # dilated depthwise
+    (3, 2, 2, 16, (0, 1, 0, 2), False, 16, 16),  # depthwise, asymmetric padding (VainF)
+    (3, 2, 1, 4, (2, 2, 2, 2), False, 16, 16),  # grouped, not depthwise
+]
+
+
+@pytest.mark.parametrize('case', CASES, ids=[str(c[:4]) for c in CASES])
+def test_conv_equals_xla_convolution_and_its_gradients(case):
+  k, d, s, g, pad, bias, cin, cout = case
+  kwargs = dict(strides=(s, s), padding=((pad[0], pad[1]), (pad[2], pad[3])),
+                kernel_dilation=(d, d), feature_group_count=g, use_bias=bias,
+                precision=jax.lax.Precision.HIGHEST)
+  ours = layers.Conv(cout, (k, k), **kwargs)
+  x_shape = (2, 21, 23, cin)
+  shapes = jax.eval_shape(lambda: ours.init(jax.random.key(1), jnp.zeros(x_shape)))
+  flax_shapes = jax.eval_shape(
+      lambda: nn.Conv(cout, (k, k), **kwargs).init(jax.random.key(1), jnp.zeros(x_shape)))
+  assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, flax_shapes)
+
+  # Inputs from numpy: XLA:CPU takes seconds to compile jax.random's samplers.
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(x_shape, dtype=np.float32)
+  params = {name: rng.standard_normal(leaf.shape, dtype=np.float32)
+            for name, leaf in shapes['params'].items()}
+  out_shape = jax.eval_shape(lambda p: ours.apply({'params': p}, x), params).shape
+  cotangent = rng.standard_normal(out_shape, dtype=np.float32)
+
+  def reference(p, x):
+    y = jax.lax.conv_general_dilated(
+        x, p['kernel'], (s, s), kwargs['padding'], rhs_dilation=(d, d),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=g,
+        precision=jax.lax.Precision.HIGHEST)
+    return y + p['bias'] if bias else y
+
+  @jax.jit  # one program: op-by-op dispatch would compile every op separately
+  def run(params, x, cotangent):
+    results = []
+    for fn in (lambda p, x: ours.apply({'params': p}, x), reference):
+      y = fn(params, x)
+      grads = jax.grad(lambda p, x: jnp.vdot(fn(p, x), cotangent), argnums=(0, 1))(params, x)
+      results.append((y, grads))
+    return results
+
+  (y, grads), (expected, expected_grads) = run(params, x, cotangent)
+  assert y.shape == expected.shape
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_tap_lowering_is_chosen_only_where_taps_hit_padding():
+  x = jnp.zeros((1, 41, 41, 4))
+  taps = lambda d: layers.tap_fraction(x.shape[1:3], 3, d) < layers.TAP_FRACTION_THRESHOLD
+  # Hand-computed: rate 36 on 41 rows: taps overlap 41 + 5 + 5 rows of 123 -> (51/123)^2.
+  assert layers.tap_fraction((41, 41), 3, 36) == pytest.approx((51 / 123) ** 2)
+  assert layers.tap_fraction((41, 41), 3, 1) == pytest.approx((121 / 123) ** 2)
+  assert taps(36) and taps(24) and not taps(2) and not taps(1)
+  conv = layers.Conv(4, (3, 3), padding=((36, 36), (36, 36)), kernel_dilation=(36, 36))
+  variables = jax.eval_shape(lambda: conv.init(jax.random.key(0), x))
+  jaxpr = str(jax.make_jaxpr(conv.apply)(variables, x))
+  assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr
+
+
+def test_conv_matches_torch_conv2d():
+  """An atrous conv through the tap lowering, against PyTorch's own conv2d."""
+  import torch  # pylint: disable=import-outside-toplevel
+  x = np.random.default_rng(0).standard_normal((2, 8, 19, 17), dtype=np.float32)  # NCHW
+  conv = torch.nn.Conv2d(8, 6, 3, padding=18, dilation=18, bias=True)
+  with torch.no_grad():
+    expected = conv(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
+  params = {'kernel': jnp.asarray(conv.weight.detach().numpy().transpose(2, 3, 1, 0)),
+            'bias': jnp.asarray(conv.bias.detach().numpy())}
+  ours = layers.Conv(6, (3, 3), padding=((18, 18), (18, 18)), kernel_dilation=(18, 18))
+  y = ours.apply({'params': params}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
