@@ -2,6 +2,8 @@
 
   python main.py --config configs/shapes.py --workdir runs/shapes
   python main.py --config configs/shapes.py --workdir runs/shapes --mode eval
+  python main.py --config configs/shapes.py --workdir runs/shapes --mode predict \
+      --input 'photos/*.jpg' --output runs/shapes/predictions [--labels DIR]
   python main.py --config configs/voc_resnet101.py --workdir runs/voc \
       --config.batch_size=8 --config.init_from=weights/resnet101
 
@@ -20,6 +22,12 @@ config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and eval results.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
                   'train (resumes from WORKDIR), eval (a checkpoint of WORKDIR), predict.')
+flags.DEFINE_string('input', None, '--mode predict: an image, a folder (searched '
+                    'recursively) or a glob of images.')
+flags.DEFINE_string('output', None, '--mode predict: folder for <stem>.png, '
+                    '<stem>_overlay.png and <stem>_panel.png.')
+flags.DEFINE_string('labels', None, '--mode predict: folder of ground-truth labels matched '
+                    'by file name (adds the image | label | prediction panel).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -59,7 +67,10 @@ def main(argv):
   elif FLAGS.mode == 'eval':
     train.evaluate_checkpoint(config, FLAGS.workdir)
   else:
-    raise NotImplementedError('--mode predict is not available yet (issue 6)')
+    if not FLAGS.input or not FLAGS.output:
+      raise app.UsageError('--mode predict needs --input and --output')
+    from deeplax import predict  # pylint: disable=import-outside-toplevel
+    predict.run(config, FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.labels)
 
 
 if __name__ == '__main__':

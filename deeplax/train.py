@@ -34,6 +34,7 @@ from deeplax import losses
 from deeplax import metrics as metrics_lib
 from deeplax import models
 from deeplax import optim
+from deeplax import reporting
 from deeplax.models import layers
 
 EVAL_JSON = 'eval_results.json'
@@ -405,6 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
       if first is not None and config.eval.log_images:
         writer.write_images(step, eval_panels(first, palette, config, config.eval.log_images))
       write_json(os.path.join(workdir, EVAL_JSON), record)
+      reporting.write_eval_report(workdir, matrix, class_names, writer, step)
     return record
 
   record = None
@@ -507,6 +509,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> Dict
     writer.write_scalars(step, scalar_summary(summary))
     if first is not None and config.eval.log_images:
       writer.write_images(step, eval_panels(first, palette, config, config.eval.log_images))
+    reporting.write_eval_report(workdir, matrix, class_names, writer, step)
     writer.flush()
   print_summary(record)
   return record
