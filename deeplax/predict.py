@@ -222,12 +222,12 @@ def checkpoint_source(config: ml_collections.ConfigDict, workdir: str) -> str:
                           '(pass --config.init_from=DIR, a converted checkpoint or a workdir)')
 
 
-def check_variables(module, variables: Dict, source: str) -> None:
+def check_variables(module, variables: Dict, source: str, module_name: str = '') -> None:
   """Every parameter and statistic the model needs is present with its shape; else one
   error listing what is missing or different (e.g. a backbone-only checkpoint)."""
   images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
   abstract = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), images)
-  problems = []
+  problems, unused = [], []
   for collection in ('params', 'batch_stats'):
     want = traverse_util.flatten_dict(abstract.get(collection, {}), sep='/')
     have = traverse_util.flatten_dict(variables.get(collection, {}), sep='/')
@@ -237,17 +237,21 @@ def check_variables(module, variables: Dict, source: str) -> None:
       elif tuple(np.shape(have[key])) != tuple(leaf.shape):
         problems.append(f'{collection}/{key}: checkpoint {tuple(np.shape(have[key]))}, model '
                         f'{tuple(leaf.shape)}')
+    unused += [f'{collection}/{key}' for key in have if key not in want]
   if problems:
-    head = problems[:12] + ([f'... and {len(problems) - 12} more'] if len(problems) > 12 else [])
-    raise ValueError(f'{source} does not fit the configured model ({len(problems)} problems; '
-                     'check model.* and num_classes; a backbone-only checkpoint needs '
-                     'training first):\n  ' + '\n  '.join(head))
+    head = problems[:8] + ([f'... and {len(problems) - 8} more'] if len(problems) > 8 else [])
+    if unused:
+      head.append(f'and the checkpoint holds {len(unused)} arrays this model lacks, e.g. '
+                  f'{", ".join(unused[:3])}: was it trained with another model.name?')
+    raise ValueError(f'{source} does not fit model.name={module_name!r} ({len(problems)} '
+                     'problems; check model.* and num_classes against the training config; '
+                     'a backbone-only checkpoint needs training first):\n  ' + '\n  '.join(head))
 
 
 def load_variables(config: ml_collections.ConfigDict, module, workdir: str) -> Dict:
   source = checkpoint_source(config, workdir)
   variables, description = checkpoint.load_variables(source)
-  check_variables(module, variables, description)
+  check_variables(module, variables, description, config.model.name)
   logging.info('predict: weights from %s', description)
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
