@@ -14,8 +14,9 @@ Images are grouped by size bucket (sides rounded up to `predict.pad_multiple`), 
 with the mean and batched (`predict.batch_size`, rounded up to the device count), so a
 folder of different sizes compiles once per bucket; each batch runs one jitted function
 (multi-scale + flip from `eval.scales` / `eval.flip`, whole image or sliding window per
-`predict.mode`), sharded over the local devices. Decoding, device compute and PNG
-encoding overlap (reader threads, asynchronous dispatch, writer threads).
+`predict.mode`), sharded over the local devices (with several hosts, each takes every
+k-th file). Decoding, device compute and PNG encoding overlap (reader threads,
+asynchronous dispatch, writer threads).
 """
 import collections
 import concurrent.futures
@@ -392,6 +393,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, input: str, output: str
   p = config.predict
   files = expand_inputs(input, exclude_dir=output)
   stems = output_stems(files, output)
+  # Several hosts (config.distributed) share the files, each on its local devices.
+  files = files[jax.process_index()::jax.process_count()]
   finder = LabelFinder(label_dirs(config, labels))
   palette = palette_of(config)
   ignore_label = config.dataset.ignore_label
