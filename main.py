@@ -8,8 +8,12 @@
       --config.batch_size=8 --config.init_from=weights/resnet101
 
 Any config key can be overridden with --config.<key>=<value>.
+
+Exit status: 0 done; 75 (EX_TEMPFAIL) stopped by SIGTERM/SIGINT after saving a
+checkpoint: run the same command to resume; 1 an error (the message says which).
 """
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -61,9 +65,14 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
   config = FLAGS.config
   _setup_jax(config)
+  from deeplax import preemption  # pylint: disable=import-outside-toplevel
   from deeplax import train  # pylint: disable=import-outside-toplevel
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(config, FLAGS.workdir)
+    try:
+      train.train_and_evaluate(config, FLAGS.workdir)
+    except preemption.Preempted as stopped:  # checkpoint saved: rerun to resume
+      logging.warning('%s', stopped)
+      sys.exit(preemption.EXIT_PREEMPTED)
   elif FLAGS.mode == 'eval':
     train.evaluate_checkpoint(config, FLAGS.workdir)
   else:

@@ -11,6 +11,7 @@ never listed and never restored.
 """
 import json
 import os
+import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
@@ -19,6 +20,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import serialization
 from flax import traverse_util
+
+from deeplax import integrity
 
 CHECKPOINT_DIR = 'checkpoints'
 ITEM = 'default'
@@ -61,8 +64,37 @@ def save(manager: ocp.CheckpointManager, step: int, state, metrics: Optional[Dic
   metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
   if manager.latest_step() == step:  # e.g. the final step was also a periodic save
     return False
-  return manager.save(step, args=ocp.args.StandardSave(serialization.to_state_dict(state)),
-                      metrics=metrics, force=force)
+  finite, digest = integrity.check_state(state)  # waits for the step's state: a save does
+  if not finite:
+    raise integrity.NonFiniteStateError(
+        f'Refusing to save checkpoint {step}: the training state holds NaN/Inf (in '
+        f'{", ".join(integrity.nonfinite_leaves(state))}); the last good checkpoint is '
+        f'{manager.latest_step()} in {manager.directory}')
+  previous = _PENDING.get(manager)
+  _PENDING[manager] = step
+  try:  # Orbax first waits for the previous (async) save: its failure surfaces here
+    return manager.save(step, args=ocp.args.StandardSave(serialization.to_state_dict(state)),
+                        metrics=metrics, force=force,
+                        custom_metadata={integrity.DIGEST_KEY: digest})
+  except Exception as e:  # pylint: disable=broad-except
+    failed = previous if previous is not None and not _committed(manager, previous) else step
+    raise integrity.write_error(str(manager.directory), failed, e) from e
+
+
+_PENDING = weakref.WeakKeyDictionary()  # manager -> step of its last save call
+
+
+def _committed(manager: ocp.CheckpointManager, step: int) -> bool:
+  return step in ocp.utils.checkpoint_steps(str(manager.directory))
+
+
+def wait_until_finished(manager: ocp.CheckpointManager) -> None:
+  """Waits for the in-flight save; a failed write raises CheckpointWriteError (with what
+  is intact) instead of Orbax's error from its background thread."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise integrity.write_error(str(manager.directory), _PENDING.get(manager), e) from e
 
 
 def restore(manager: ocp.CheckpointManager, state, step: Optional[int] = None):
@@ -75,12 +107,62 @@ def restore(manager: ocp.CheckpointManager, state, step: Optional[int] = None):
 
 
 def restore_or_initialize(manager: ocp.CheckpointManager, state):
-  """(state, step): the newest checkpoint if there is one, else `state` unchanged."""
-  step = manager.latest_step()
-  if step is None:
+  """(state, step): the newest usable checkpoint if there is one, else `state` unchanged.
+
+  Each candidate, newest first, must restore and match the digest saved with it
+  (deeplax.integrity); one that does not is moved to WORKDIR/checkpoints_unusable with a
+  warning and the previous one is tried. A checkpoint of another model (different
+  shapes) is an error, not corruption: nothing is moved.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
     return state, 0
-  logging.info('Restoring checkpoint %d from %s', step, manager.directory)
-  return restore(manager, state, step), int(step)
+  unusable = []
+  for step in steps:
+    _check_layout(manager, step, state)
+    logging.info('Restoring checkpoint %d from %s', step, manager.directory)
+    try:
+      restored = restore(manager, state, step)
+      problem = integrity.verify(restored, integrity.saved_digest(manager, step))
+    except Exception as e:  # pylint: disable=broad-except
+      problem = f'it cannot be read ({type(e).__name__}: {str(e)[:300]})'
+    if problem is None:
+      if unusable:
+        manager.reload()  # forget the moved steps
+        logging.warning('Resumed from checkpoint %d instead of the newer unusable %s', step,
+                        ', '.join(map(str, unusable)))
+      return restored, int(step)
+    moved = integrity.quarantine(str(manager.directory), step)
+    unusable.append(step)
+    logging.warning('Checkpoint %d in %s is unusable: %s. Moved it to %s; trying the '
+                    'previous one.', step, manager.directory, problem, moved)
+  manager.reload()
+  raise integrity.CheckpointCorruptError(
+      f'Every checkpoint in {manager.directory} ({", ".join(map(str, unusable))}) is unusable '
+      'and was moved to ' + os.path.join(os.path.dirname(str(manager.directory)),
+                                         integrity.UNUSABLE_DIR) +
+      '; run again to start from scratch, or put back a good copy.')
+
+
+def _check_layout(manager: ocp.CheckpointManager, step: int, state) -> None:
+  """Raises ValueError if checkpoint `step` holds arrays of other shapes than `state`
+  (another model or config: a mistake to report, not a damaged file to move away)."""
+  try:
+    item = os.path.join(str(manager.directory), str(step), ITEM)
+    saved = ocp.StandardCheckpointer().metadata(item).item_metadata.tree
+    saved_flat = traverse_util.flatten_dict(saved, sep='/')
+  except Exception:  # unreadable metadata: restore fails and the step counts as damaged  # pylint: disable=broad-except
+    return
+  wanted = traverse_util.flatten_dict(serialization.to_state_dict(state), sep='/')
+  differ = [f'{k}: checkpoint {tuple(saved_flat[k].shape)} vs model {tuple(np.shape(v))}'
+            for k, v in wanted.items()
+            if k in saved_flat and hasattr(saved_flat[k], 'shape')
+            and tuple(saved_flat[k].shape) != tuple(np.shape(v))]
+  differ += [f'{k}: only in the model' for k in sorted(set(wanted) - set(saved_flat))]
+  differ += [f'{k}: only in the checkpoint' for k in sorted(set(saved_flat) - set(wanted))]
+  if differ:
+    raise ValueError(f'Checkpoint {step} in {manager.directory} was written by another model '
+                     'configuration: ' + '; '.join(differ[:5]) + '. Use a new workdir.')
 
 
 # ---- weights to start from (config.init_from) ------------------------------------------

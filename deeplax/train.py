@@ -33,7 +33,9 @@ from deeplax import inference
 from deeplax import losses
 from deeplax import metrics as metrics_lib
 from deeplax import models
+from deeplax import nonfinite
 from deeplax import optim
+from deeplax import preemption
 from deeplax import reporting
 from deeplax.models import layers
 
@@ -209,7 +211,9 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, module, config
   rng = jax.random.fold_in(base_rng, state.step)
   (loss, (batch_stats, parts)), grads = loss_and_grads(state, batch, module, config, rng)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  new_state, finite = nonfinite.guard(state, new_state, loss, grads)  # never apply NaN/Inf
   step_metrics = {
+      'finite': finite,
       'loss': loss,
       'grad_norm': optax.global_norm(grads),
       'learning_rate': optim.current_learning_rate(learning_rate_fn, state.step,
@@ -334,7 +338,12 @@ def dataset_info(config) -> Tuple[int, Tuple[str, ...], np.ndarray]:
   return num_classes, names, np.asarray(palette, np.uint8)
 
 
-def _validate(config, workdir: str, num_classes: int, check_workdir: bool) -> None:
+def _validate_num_classes(config, num_classes: int) -> None:
+  from deeplax import validate  # pylint: disable=import-outside-toplevel
+  validate.check_num_classes(config, num_classes)
+
+
+def _validate(config, workdir: str, num_classes: Optional[int], check_workdir: bool) -> None:
   from deeplax import validate  # pylint: disable=import-outside-toplevel
   validate.validate_config(config, num_devices=jax.device_count(),
                            num_processes=jax.process_count(), dataset_num_classes=num_classes)
@@ -350,10 +359,21 @@ def _input_shape(config) -> Tuple[int, int, int, int]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   """Trains `config.num_train_steps` steps (resuming from WORKDIR/checkpoints), evaluates
-  every `eval.every_steps` and at the end; returns the last eval record."""
+  every `eval.every_steps` and at the end; returns the last eval record.
+
+  SIGTERM / SIGINT finish the current step, save it and raise preemption.Preempted
+  (main.py exits with preemption.EXIT_PREEMPTED); see deeplax.preemption.
+  """
+  with preemption.StopRequest(enabled=jax.process_count() == 1) as stop:
+    return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stop: preemption.StopRequest) -> Dict:
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  _validate(config, workdir, None, check_workdir=True)  # before any data read or compile
   num_classes, class_names, palette = dataset_info(config)
-  _validate(config, workdir, num_classes, check_workdir=True)
+  _validate_num_classes(config, num_classes)
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   mesh = create_mesh()
@@ -409,6 +429,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
       reporting.write_eval_report(workdir, matrix, class_names, writer, step)
     return record
 
+  def last_checkpoint() -> str:
+    try:
+      checkpoint.wait_until_finished(manager)  # the save in flight, if any, counts
+    except Exception:  # pylint: disable=broad-except
+      pass
+    steps = sorted(checkpoint.ocp.utils.checkpoint_steps(str(manager.directory)))
+    return f'step {steps[-1]} in {manager.directory}' if steps else 'none (no checkpoint yet)'
+
+  monitor = nonfinite.Monitor(config.nonfinite_policy, last_checkpoint)
   record = None
   train_metrics = None
   last_log = (start_step, time.time())
@@ -421,6 +450,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
         train_step_fn = train_step_fn.lower(state, batch).compile()
         logging.info('Compiled the train step in %.1fs', time.time() - t0)
       state, step_metrics = train_step_fn(state, batch)
+    monitor.after_step(step, step_metrics.pop('finite'), step_metrics['loss'])
     update = metrics_lib.TrainMetrics.single_from_model_output(**step_metrics)
     train_metrics = update if train_metrics is None else train_metrics.merge(update)
     for hook in hooks:
@@ -432,20 +462,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
       elapsed = time.time() - last_log[1]
       steps_per_sec = (step - last_log[0]) / max(elapsed, 1e-9)
       scalars.update({'train/learning_rate': lr,
-                      'train/examples_per_sec': steps_per_sec * examples_per_step})
+                      'train/examples_per_sec': steps_per_sec * examples_per_step,
+                      'train/nonfinite_skipped': monitor.skipped})
       writer.write_scalars(step, scalars)
       train_metrics = None
       last_log = (step, time.time())
+    preempted = not is_last and (stop.requested or manager.reached_preemption(step))
     eval_now = is_last or (config.eval.every_steps and step % config.eval.every_steps == 0)
-    if eval_now:
+    if eval_now and not preempted:
       with report.timed('eval'):
         record = run_eval(step)
+      monitor.flush()  # a checkpoint never holds an unchecked step
       checkpoint.save(manager, step, state, metrics={'mIoU': record['mIoU']})
-    elif step % config.checkpoint_every_steps == 0 or manager.reached_preemption(step):
+    elif step % config.checkpoint_every_steps == 0 or preempted:
+      monitor.flush()
       checkpoint.save(manager, step, state)
+    if preempted:
+      checkpoint.wait_until_finished(manager)
+      writer.flush()
+      raise preemption.Preempted(step, str(manager.directory), stop.signal_name or 'preemption')
+  monitor.flush()
   if record is None:  # nothing left to train: report on the restored state
     record = run_eval(start_step)
-  manager.wait_until_finished()
+  checkpoint.wait_until_finished(manager)
   writer.flush()
   print_summary(record)
   return record
@@ -466,8 +505,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> Dict
   """--mode eval: the checkpoint `eval.checkpoint` of WORKDIR ('latest', 'best' or a step),
   or `init_from` (whole model) when WORKDIR has none. Writes eval_results.json."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  _validate(config, workdir, None, check_workdir=False)  # before any data read or compile
   num_classes, class_names, palette = dataset_info(config)
-  _validate(config, workdir, num_classes, check_workdir=False)
+  _validate_num_classes(config, num_classes)
   mesh = create_mesh()
   eval_module = models.create_model(eval_model_config(config))
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints, read_only=True) if (
