@@ -189,5 +189,23 @@ def _kill_restart_and_compare(rng, run_dir, ref_dir, reference, first, second, t
   assert any('acc_grads' in str(p) for p, _ in resumed)  # mid-accumulation state included
 
 
+def test_first_signal_requests_a_stop_the_second_acts_at_once():
+  from deeplax import preemption  # pylint: disable=import-outside-toplevel
+  assert preemption.EXIT_PREEMPTED == EXIT_PREEMPTED
+  before = signal.getsignal(signal.SIGINT)
+  with preemption.StopRequest() as stop:
+    assert not stop.requested
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: recorded, nothing raised
+    time.sleep(0.05)
+    assert stop.requested and stop.signal_name == 'SIGINT'
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C again: Python's own handler
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.05)
+  assert signal.getsignal(signal.SIGINT) is before
+  term = signal.getsignal(signal.SIGTERM)
+  with preemption.StopRequest(enabled=False):  # multi-host: Orbax's preemption sync decides
+    assert signal.getsignal(signal.SIGTERM) is term
+
+
 if __name__ == '__main__':
   _worker()
