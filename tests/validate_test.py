@@ -172,3 +172,27 @@ def test_class_count_known_before_reading_any_data():
   validate.check_num_classes(config, 21)
   with pytest.raises(validate.ConfigError, match="'folder' has 3 classes"):
     validate.check_num_classes(config, 3)
+
+
+def test_trainer_validates_before_reading_data_or_compiling(tmp_path, monkeypatch):
+  from deeplax import train  # pylint: disable=import-outside-toplevel
+
+  def no_data():
+    raise AssertionError('the data set was opened before the config was validated')
+
+  monkeypatch.setattr(train, '_data', no_data)
+  monkeypatch.setattr(train, 'create_train_state', no_data)
+  config = default.get_config()
+  config.model.output_stride = 12
+  config.dataset.name = 'cityscapes'  # 19 classes, model.num_classes=21
+  for run in (train.train_and_evaluate, train.evaluate_checkpoint):
+    with pytest.raises(validate.ConfigError) as err:
+      run(config, str(tmp_path / 'run'))
+    assert 'model.output_stride=12' in str(err.value)
+    assert "data set 'cityscapes' has 19 classes" in str(err.value)
+  # A workdir holding another experiment is refused before any data read as well.
+  validate.check_workdir_config(str(tmp_path / 'other'), default.get_config())
+  config = default.get_config()
+  config.batch_size = 8
+  with pytest.raises(validate.ConfigError, match='batch_size: workdir has 16'):
+    train.train_and_evaluate(config, str(tmp_path / 'other'))
