@@ -23,6 +23,7 @@ from PIL import Image
 
 from configs import default
 from deeplax.data import base
+from deeplax.data import cityscapes
 from deeplax.data import files
 from deeplax.data import folder
 from deeplax.data import voc
@@ -175,6 +176,12 @@ def test_handmade_bad_files_name_the_file(tmp_path):
   path = _write(tmp_path / 'wide.png', _encode(np.full((4, 4), 300, np.uint16), 'PNG'))
   with pytest.raises(base.DataError, match=f'label {path} has values in \\[300, 300\\]'):
     files.read_label(path)
+  # A Cityscapes label id that does not exist (34..254) is refused, not mapped to ignore.
+  ids = np.full((4, 4), 7, np.uint8)
+  ids[1, 2] = 40
+  path = _write(tmp_path / 'x_gtFine_labelIds.png', _encode(ids, 'PNG'))
+  with pytest.raises(base.DataError, match=f'label {re.escape(path)} has ids \\[40\\]'):
+    cityscapes.read_label_ids(path)
   with pytest.raises(base.DataError, match='label l.png is 4x4 .HxW. but its image i.png is 4x5'):
     files.check_label(np.zeros((4, 4), np.uint8), 'l.png', (4, 5), 3, image_path='i.png')
 
