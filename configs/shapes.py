@@ -35,7 +35,7 @@ def get_config():
 
   config.eval.batch_size = 40
   config.eval.pad_size = (64, 64)
-  config.eval.every_steps = 1000
+  config.eval.every_steps = 500
   config.eval.log_images = 3
 
   config.batch_size = 16

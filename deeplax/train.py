@@ -37,6 +37,7 @@ from deeplax import nonfinite
 from deeplax import optim
 from deeplax import preemption
 from deeplax import reporting
+from deeplax import xla_options
 from deeplax.models import layers
 
 EVAL_JSON = 'eval_results.json'
@@ -223,11 +224,17 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, module, config
   return new_state, step_metrics
 
 
+def _compiler_options(mesh: Mesh) -> Dict[str, str]:
+  """XLA options that make the steps fast on the mesh's platform (deeplax.xla_options)."""
+  return xla_options.compiler_options(mesh.devices.flat[0].platform)
+
+
 def make_train_step(config, module, learning_rate_fn, base_rng, mesh: Mesh):
   """The jitted train step: state donated and replicated, batch sharded over 'data'."""
   step = functools.partial(train_step, module=module, config=config,
                            learning_rate_fn=learning_rate_fn, base_rng=base_rng)
-  return jax.jit(step, donate_argnums=0, out_shardings=(replicated(mesh), replicated(mesh)))
+  return jax.jit(step, donate_argnums=0, out_shardings=(replicated(mesh), replicated(mesh)),
+                 compiler_options=_compiler_options(mesh))
 
 
 def eval_step(variables, confusion: metrics_lib.ConfusionMatrix, batch, *, module,
@@ -245,7 +252,8 @@ def make_eval_step(config, module, mesh: Mesh):
                            flip=bool(config.eval.flip),
                            ignore_label=config.dataset.ignore_label)
   return jax.jit(step, donate_argnums=1,
-                 out_shardings=(replicated(mesh), data_sharded(mesh)))
+                 out_shardings=(replicated(mesh), data_sharded(mesh)),
+                 compiler_options=_compiler_options(mesh))
 
 
 # ---- evaluation ----------------------------------------------------------------------------
@@ -465,6 +473,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       'train/examples_per_sec': steps_per_sec * examples_per_step,
                       'train/nonfinite_skipped': monitor.skipped})
       writer.write_scalars(step, scalars)
+      eta = (config.num_train_steps - step) / max(steps_per_sec, 1e-9)
+      logging.info('step %d/%d  loss %.4f  lr %.3g  %.1f steps/s  %.0f examples/s  ETA %s',
+                   step, config.num_train_steps, scalars['train/loss'], lr, steps_per_sec,
+                   steps_per_sec * examples_per_step, _format_seconds(eta))
       train_metrics = None
       last_log = (step, time.time())
     preempted = not is_last and (stop.requested or manager.reached_preemption(step))
@@ -488,6 +500,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.flush()
   print_summary(record)
   return record
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
 def _flat_hparams(config) -> Dict[str, Any]:
