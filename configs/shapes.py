@@ -35,16 +35,16 @@ def get_config():
 
   config.eval.batch_size = 40
   config.eval.pad_size = (64, 64)
-  config.eval.every_steps = 500
+  config.eval.every_steps = 1250
   config.eval.log_images = 3
 
   config.batch_size = 16
-  config.num_train_steps = 1500
-  config.optim.learning_rate = 0.05
+  config.num_train_steps = 2500
+  config.optim.learning_rate = 0.1
   config.optim.weight_decay = 4e-5
   config.optim.warmup_steps = 50
   config.log_every_steps = 100
-  config.checkpoint_every_steps = 500
+  config.checkpoint_every_steps = 1250
   config.keep_checkpoints = 2
   config.profile_steps = 5
   return config
