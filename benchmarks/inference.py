@@ -59,7 +59,7 @@ def deeplax_worker(spec):
                                       (1, 65, 65, 3), mesh)  # parameters do not depend on size
   images = jax.device_put(_images(spec), device)
   forward = jax.jit(lambda v, x: module.apply(v, x, train=False))
-  options = xla_options.compiler_options(device.platform)
+  options = train_step.tiny_options(spec, xla_options.compiler_options(device.platform))
   t0 = time.perf_counter()
   compiled = forward.lower(variables, images).compile(options)
   compile_s = time.perf_counter() - t0

@@ -71,12 +71,7 @@ def deeplax_worker(spec):
   common.pin_threads(spec['threads'])
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  if spec.get('compile_cache'):
-    jax.config.update('jax_compilation_cache_dir', spec['compile_cache'])
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  else:
-    jax.config.update('jax_enable_compilation_cache', False)
+  cache_events = _use_compilation_cache(jax, spec.get('compile_cache'))
   from deeplax import models, optim, train, xla_options  # pylint: disable=import-outside-toplevel
 
   config = deeplax_config(spec)
@@ -92,7 +87,7 @@ def deeplax_worker(spec):
   batch = train.global_batch({'image': images, 'label': labels}, mesh)
   step_fn = train.make_train_step(config, module, learning_rate_fn, dropout_rng, mesh)
 
-  options = xla_options.compiler_options(devices[0].platform)
+  options = tiny_options(spec, xla_options.compiler_options(devices[0].platform))
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile(options)
   compile_s = time.perf_counter() - t0
@@ -112,9 +107,36 @@ def deeplax_worker(spec):
             'first_step_s': round(first_step_s, 3), **timing,
             'images_per_s': batch_size / timing['step_s'],
             'loss': float(np.asarray(holder['loss'])), 'xla_options': options,
-            'device': devices[0].device_kind}
+            'device': devices[0].device_kind, **cache_events}
   result.update(_memory(memory, devices[0], compiled))
   return result
+
+
+def tiny_options(spec, options):
+  """--tiny compiles unoptimised (`xla_backend_optimization_level` 0): a smoke run checks
+  that everything runs and reports, and this halves its compile time."""
+  return {**options, 'xla_backend_optimization_level': 0} if spec['tiny'] else options
+
+
+def _use_compilation_cache(jax, cache_dir):
+  """Turns jax's persistent compilation cache on (in `cache_dir`) or off; with it on,
+  counts its hits and misses over the worker's compiles (state init and the step)."""
+  if not cache_dir:
+    jax.config.update('jax_enable_compilation_cache', False)
+    return {}
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  counts = {'cache_hits': 0, 'cache_misses': 0}
+  names = {'/jax/compilation_cache/cache_hits': 'cache_hits',
+           '/jax/compilation_cache/cache_misses': 'cache_misses'}
+
+  def listener(event, **_):
+    if event in names:
+      counts[names[event]] += 1
+
+  jax.monitoring.register_event_listener(listener)
+  return counts
 
 
 def _memory(memory, device, compiled=None):
