@@ -1,4 +1,4 @@
-"""The no-download main job: a small DeepLabv3+ (MobileNetV2 x0.35) on the built-in
+"""The no-download main job: a small DeepLabv3+ (ResNet-50 at width 8) on the built-in
 synthetic shapes data set (background / circle / square / triangle, 64x64).
 
   python main.py --config configs/shapes.py --workdir runs/shapes
@@ -35,16 +35,17 @@ def get_config():
 
   config.eval.batch_size = 40
   config.eval.pad_size = (64, 64)
-  config.eval.every_steps = 1250
+  config.eval.every_steps = 1500
   config.eval.log_images = 3
+  config.eval.flip = True  # +0.01 mIoU for 200 more forwards
 
   config.batch_size = 16
-  config.num_train_steps = 2500
+  config.num_train_steps = 3000
   config.optim.learning_rate = 0.1
   config.optim.weight_decay = 4e-5
   config.optim.warmup_steps = 50
   config.log_every_steps = 100
-  config.checkpoint_every_steps = 1250
+  config.checkpoint_every_steps = 1500
   config.keep_checkpoints = 2
   config.profile_steps = 5
   return config
