@@ -1,7 +1,7 @@
 """deeplax.models.layers.Conv against XLA's own convolution and PyTorch's conv2d.
 
-`layers.Conv` lowers sparse dilated convs to per-tap matmuls and depthwise convs to
-shifted elementwise products (for speed on XLA:CPU); outputs and gradients must equal
+`layers.Conv` lowers 1x1 convs to dots, sparse dilated convs to per-tap matmuls and
+depthwise convs to shifted elementwise products (for speed on XLA:CPU); outputs and gradients must equal
 `lax.conv_general_dilated` (and torch) up to float summation order, and the parameters
 must be exactly `nn.Conv`'s (the converter maps names and shapes).
 """
@@ -19,7 +19,8 @@ CASES = [
     (3, 30, 1, 1, (30, 30, 30, 30), True, 8, 16),  # rate > map: only the centre tap
     (3, 2, 1, 1, (2, 2, 2, 2), True, 8, 16),  # dense enough: XLA's conv
     (3, 1, 2, 1, (1, 1, 1, 1), False, 8, 16),
-    (1, 1, 1, 1, (0, 0, 0, 0), True, 8, 16),
+    (1, 1, 1, 1, (0, 0, 0, 0), True, 8, 16),  # pointwise: a dot
+    (1, 1, 2, 1, (0, 0, 0, 0), False, 8, 16),  # strided pointwise (ResNet downsample)
     (7, 1, 2, 1, (3, 3, 3, 3), False, 3, 8),
     (3, 1, 1, 16, (1, 1, 1, 1), False, 16, 16),  # depthwise
     (3, 1, 2, 16, (1, 1, 1, 1), False, 16, 16),  # strided depthwise

@@ -285,6 +285,14 @@ def test_max_pool_matches_torch(size, ceil_mode):
       torch.from_numpy(x).permute(0, 3, 1, 2), 3, 2, 1, ceil_mode=ceil_mode
   ).permute(0, 2, 3, 1).numpy()
   np.testing.assert_array_equal(layers.max_pool_3x3_s2(jnp.asarray(x), ceil_mode), expected)
+  # The gradient too: each output's cotangent goes to its window's maximum (no ties here).
+  xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+  cotangent = np.random.default_rng(1).normal(size=expected.shape).astype(np.float32)
+  torch.nn.functional.max_pool2d(xt, 3, 2, 1, ceil_mode=ceil_mode).backward(
+      torch.from_numpy(cotangent).permute(0, 3, 1, 2))
+  grad = jax.grad(lambda v: jnp.sum(layers.max_pool_3x3_s2(v, ceil_mode) * cotangent))(
+      jnp.asarray(x))
+  np.testing.assert_allclose(grad, xt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-5)
 
 
 def test_model_names_registry_is_complete():
