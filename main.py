@@ -12,7 +12,6 @@ Any config key can be overridden with --config.<key>=<value>.
 Exit status: 0 done; 75 (EX_TEMPFAIL) stopped by SIGTERM/SIGINT after saving a
 checkpoint: run the same command to resume; 1 an error (the message says which).
 """
-import os
 import sys
 
 from absl import app
@@ -40,11 +39,9 @@ def _setup_jax(config):
   import jax  # pylint: disable=import-outside-toplevel
   if config.distributed:
     jax.distributed.initialize()
-  if config.compilation_cache_dir:
-    cache_dir = os.path.expanduser(config.compilation_cache_dir)
-    jax.config.update('jax_compilation_cache_dir', cache_dir)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  from deeplax import compile_cache  # pylint: disable=import-outside-toplevel
+  cache_dir = compile_cache.configure(config.compilation_cache_dir)
+  logging.info('Persistent compilation cache: %s', cache_dir or 'off')
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
 

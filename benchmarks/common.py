@@ -3,9 +3,15 @@
 How a number is taken, for both frameworks alike:
 
 - Every (configuration, framework) pair runs in a fresh worker process started by the
-  driver, one at a time, alternating frameworks. A worker imports only its own framework,
-  so neither one's thread pool, allocator cache or spinning OpenMP threads can slow the
-  other, and the memory figures belong to one framework.
+  driver. A worker imports only its own framework, so neither one's thread pool, allocator
+  cache or spinning OpenMP threads can slow the other, and the memory figures belong to
+  one framework.
+- Lockstep: the two workers of a configuration are set up one after the other (so that
+  compiling does not share the CPUs), then step in turn, deeplax, torch, torch, deeplax,
+  ... each step started by the driver only when the other worker's step has finished.
+  On a shared machine whose speed drifts from minute to minute (seen here: the same
+  PyTorch step 1.8 s in one run and 2.5 s in another), both frameworks then see the same
+  machine, and their ratio is steady even when the absolute times are not.
 - Threads: the worker is pinned (sched_setaffinity) to the first `threads` CPUs; XLA
   sizes its pool from that mask and torch gets `torch.set_num_threads(threads)`.
 - Time: `warmup` untimed steps after compilation (jax) or the first step (torch), then
@@ -26,10 +32,12 @@ import datetime
 import json
 import os
 import platform
+import queue
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -114,13 +122,29 @@ class PeakMemory:
 # ---- timing ---------------------------------------------------------------------------
 
 
+GATE_MARKER = '@@BENCHMARK_READY@@'
+
+
+def _gate() -> None:
+  """Lockstep (worker side): tell the driver this worker is ready for its next step and
+  wait for its go (a line on stdin). Without a driver (stdin not a pipe from one), no-op."""
+  if os.environ.get('BENCHMARK_LOCKSTEP') != '1':
+    return
+  print(GATE_MARKER, flush=True)
+  if not sys.stdin.readline():
+    raise SystemExit('benchmark driver went away')
+
+
 def time_steps(step: Callable[[], None], warmup: int, steps: int) -> Dict[str, object]:
   """Runs `warmup` untimed then `steps` timed calls of `step` (which must return only
-  when its work is done); returns per-step wall and CPU seconds and their medians."""
+  when its work is done), each when the driver says go; returns per-step wall and CPU
+  seconds and their medians."""
   for _ in range(warmup):
+    _gate()
     step()
   wall, cpu = [], []
   for _ in range(steps):
+    _gate()
     c0, t0 = time.process_time(), time.perf_counter()
     step()
     wall.append(time.perf_counter() - t0)
@@ -169,25 +193,85 @@ def load_average() -> List[float]:
   return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_worker(script: str, spec: Dict, threads: int, timeout: Optional[float] = None) -> Dict:
-  """Runs `script --worker SPEC` in a fresh process; returns its result dict (or an
-  'error' entry holding the tail of its output, so one failing pair does not lose the
-  rest of the table)."""
-  cmd = [sys.executable, script, '--worker', json.dumps(spec)]
-  load_before = load_average()
-  try:
-    proc = subprocess.run(cmd, env=worker_env(threads), capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-  except subprocess.TimeoutExpired:
-    return {**spec, 'error': f'timed out after {timeout} s'}
-  for line in reversed(proc.stdout.splitlines()):
-    if line.startswith(RESULT_MARKER):
-      result = json.loads(line[len(RESULT_MARKER):])
-      result['load_before'] = load_before
-      result['load_after'] = load_average()
-      return result
-  tail = (proc.stdout + proc.stderr)[-3000:]
-  return {**spec, 'error': f'worker exited with {proc.returncode}: {tail}'}
+class Worker:
+  """One worker process (`script --worker SPEC`) driven in lockstep: `start()` returns once
+  it has set up and waits for its first step (or has ended), `step()` lets it run one step
+  and returns when it is done, `finish()` collects its result dict (or an 'error' entry
+  holding the tail of its output, so one failing pair does not lose the rest)."""
+
+  def __init__(self, script: str, spec: Dict, threads: int, timeout: Optional[float]):
+    self.spec, self.timeout = spec, timeout
+    self.deadline = None if timeout is None else time.time() + timeout
+    self.lines: 'queue.Queue[Optional[str]]' = queue.Queue()
+    self.tail: List[str] = []
+    self.result: Optional[Dict] = None
+    self.error: Optional[str] = None
+    self.load_before = load_average()
+    env = dict(worker_env(threads), BENCHMARK_LOCKSTEP='1')
+    self.stderr = tempfile.TemporaryFile(mode='w+')
+    self.proc = subprocess.Popen([sys.executable, script, '--worker', json.dumps(spec)],
+                                 env=env, cwd=ROOT, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+    threading.Thread(target=self._read, daemon=True).start()
+
+  def _read(self) -> None:
+    for line in self.proc.stdout:
+      self.lines.put(line.rstrip('\n'))
+    self.lines.put(None)
+
+  def _wait(self) -> None:
+    """Reads output until the worker is ready for a step, has sent its result or ended."""
+    while self.error is None and self.result is None:
+      left = None if self.deadline is None else self.deadline - time.time()
+      try:
+        line = self.lines.get(timeout=left if left is None else max(left, 0.01))
+      except queue.Empty:
+        self.proc.kill()
+        self.error = f'timed out after {self.timeout} s'
+        return
+      if line is None:
+        self._ended()
+        return
+      if line == GATE_MARKER:
+        return
+      if line.startswith(RESULT_MARKER):
+        self.result = json.loads(line[len(RESULT_MARKER):])
+        return
+      self.tail = (self.tail + [line])[-40:]
+
+  def _ended(self) -> None:
+    code = self.proc.wait()
+    self.stderr.seek(0)
+    output = '\n'.join(self.tail) + '\n' + self.stderr.read()
+    self.error = f'worker exited with {code}: {output[-3000:]}'
+
+  @property
+  def alive(self) -> bool:
+    return self.error is None and self.result is None
+
+  def start(self) -> 'Worker':
+    self._wait()
+    return self
+
+  def step(self) -> None:
+    if not self.alive:
+      return
+    try:
+      self.proc.stdin.write('go\n')
+      self.proc.stdin.flush()
+    except BrokenPipeError:
+      pass
+    self._wait()
+
+  def finish(self) -> Dict:
+    while self.alive:  # a worker asking for more steps than the driver gives
+      self.step()
+    if self.result is not None:
+      self.proc.wait()
+      self.result['load_before'] = self.load_before
+      self.result['load_after'] = load_average()
+      return self.result
+    return {**self.spec, 'error': self.error}
 
 
 def emit_result(result: Dict) -> None:
@@ -272,22 +356,33 @@ def print_table(rows: List[Dict], unit: str = 's/step') -> None:
 def run_all(script: str, configs: Sequence[str], frameworks: Sequence[str], repeats: int,
             make_spec: Callable[[str, str, int], Dict], threads: int,
             timeout: Optional[float]) -> List[Dict]:
-  """Runs one worker per (repeat, config, framework), alternating which framework goes
-  first so that drift in machine load evens out; prints a line per run."""
+  """For each repeat and configuration: one worker per framework, set up one after the
+  other, then stepped in lockstep (the order of each round alternating, ABBA...); prints
+  a line per run."""
   results = []
   for repeat in range(repeats):
     for i, name in enumerate(configs):
       order = list(frameworks)[::-1] if (i + repeat) % 2 else list(frameworks)
+      workers = []
       for framework in order:
         print(f'[{time.strftime("%H:%M:%S")}] {name} / {framework} (repeat {repeat}, '
-              f'load {load_average()[0]})', flush=True)
-        result = run_worker(script, make_spec(name, framework, repeat), threads, timeout)
+              f'load {load_average()[0]}): setting up', flush=True)
+        workers.append(Worker(script, make_spec(name, framework, repeat), threads,
+                              timeout).start())
+      spec = workers[0].spec
+      for round_ in range(spec.get('warmup', 0) + spec['steps']):
+        for worker in (workers if round_ % 2 == 0 else workers[::-1]):
+          worker.step()
+      for worker in workers:
+        result = worker.finish()
+        framework = worker.spec['framework']
         if 'error' in result:
-          print(f'  error: {result["error"][-800:]}', flush=True)
+          print(f'  {framework} error: {result["error"][-800:]}', flush=True)
         else:
-          print(f'  {result["step_s"]:.3f} s/step (cpu {result["step_cpu_s"]:.3f} s), '
-                f'compile {result.get("compile_s")} s, first step {result["first_step_s"]} s, '
-                f'step memory {result["step_mem_mb"]} MB', flush=True)
+          print(f'  {framework}: {result["step_s"]:.3f} s/step (cpu {result["step_cpu_s"]:.3f} '
+                f's), compile {result.get("compile_s")} s, first step '
+                f'{result["first_step_s"]} s, step memory {result["step_mem_mb"]} MB',
+                flush=True)
         results.append(result)
   return results
 

@@ -71,7 +71,7 @@ def deeplax_worker(spec):
   common.pin_threads(spec['threads'])
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  cache_events = _use_compilation_cache(jax, spec.get('compile_cache'))
+  cache_counts = _use_compilation_cache(spec.get("compile_cache"))
   from deeplax import models, optim, train, xla_options  # pylint: disable=import-outside-toplevel
 
   config = deeplax_config(spec)
@@ -107,7 +107,8 @@ def deeplax_worker(spec):
             'first_step_s': round(first_step_s, 3), **timing,
             'images_per_s': batch_size / timing['step_s'],
             'loss': float(np.asarray(holder['loss'])), 'xla_options': options,
-            'device': devices[0].device_kind, **cache_events}
+            'device': devices[0].device_kind,
+            **{f'cache_{k}': v for k, v in cache_counts().items()}}
   result.update(_memory(memory, devices[0], compiled))
   return result
 
@@ -118,25 +119,12 @@ def tiny_options(spec, options):
   return {**options, 'xla_backend_optimization_level': 0} if spec['tiny'] else options
 
 
-def _use_compilation_cache(jax, cache_dir):
+def _use_compilation_cache(cache_dir):
   """Turns jax's persistent compilation cache on (in `cache_dir`) or off; with it on,
-  counts its hits and misses over the worker's compiles (state init and the step)."""
-  if not cache_dir:
-    jax.config.update('jax_enable_compilation_cache', False)
-    return {}
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  counts = {'cache_hits': 0, 'cache_misses': 0}
-  names = {'/jax/compilation_cache/cache_hits': 'cache_hits',
-           '/jax/compilation_cache/cache_misses': 'cache_misses'}
-
-  def listener(event, **_):
-    if event in names:
-      counts[names[event]] += 1
-
-  jax.monitoring.register_event_listener(listener)
-  return counts
+  the result gets the cache hits and misses of the worker's compiles."""
+  from deeplax import compile_cache  # pylint: disable=import-outside-toplevel
+  compile_cache.configure(cache_dir, min_compile_time_secs=0)
+  return compile_cache.counts if cache_dir else dict
 
 
 def _memory(memory, device, compiled=None):

@@ -1,16 +1,20 @@
 """Non-finite loss or gradients: never applied, then stopped on or skipped (config.nonfinite_policy).
 
-Inside the jitted step, `guard` keeps params, optimizer state and BN statistics
-unchanged when the loss or any gradient is NaN/Inf (a select per leaf, fused by XLA; the
-step counter still advances so the data position and dropout keys stay those of the
-uninterrupted run). The state in memory is therefore always finite.
+Inside the jitted step, `apply_if_finite` applies the update only when the loss and the
+gradient norm are finite (a `lax.cond`: a bad step keeps params, optimizer state and BN
+statistics as they were; the step counter still advances so the data position and
+dropout keys stay those of the uninterrupted run). The state in memory is therefore
+always finite. The check reads the gradient norm that is logged anyway: one NaN or Inf
+anywhere makes it non-finite, so no second pass over the gradients is needed, and a good
+step costs no select over the state (both cost ~7% of a ResNet-101 CPU step as a
+per-leaf isfinite plus a where over every leaf).
 
 On the host, `Monitor` reads each step's flag one step late (so checking never stalls
 the device queue), and right before every checkpoint (so a checkpoint is never taken
 past an unseen bad step): with policy 'stop' it raises NonFiniteError naming the step
 and the last good checkpoint; with 'skip' it logs and counts the skipped updates.
 """
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -24,19 +28,16 @@ class NonFiniteError(FloatingPointError):
   """Training stopped at a non-finite loss/gradient (nonfinite_policy='stop')."""
 
 
-def all_finite(tree) -> jax.Array:
-  """Scalar bool: every float leaf of `tree` is finite."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+def apply_if_finite(state, loss, grad_norm, apply: Callable, skip: Callable
+                    ) -> Tuple[object, jax.Array]:
+  """(apply(state) where loss and grad_norm are finite, else skip(state); the flag).
 
-
-def guard(old_state, new_state, loss, grads) -> Tuple[object, jax.Array]:
-  """(new_state, or old_state with new_state's step where loss/grads are non-finite;
-  the finite flag). Pure jnp: call it inside the jitted step."""
-  finite = jnp.isfinite(loss) & all_finite(grads)
-  kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
-  return kept.replace(step=new_state.step), finite
+  `grad_norm` is the global L2 norm of the gradients: it is NaN/Inf exactly when some
+  gradient is (or when their squares overflow float32, ~1e19, a step no better). Pure
+  jax: call it inside the jitted step; `apply` and `skip` return the same structure.
+  """
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  return jax.lax.cond(finite, apply, skip, state), finite
 
 
 class Monitor:

@@ -29,6 +29,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from deeplax import checkpoint
+from deeplax import compile_cache
 from deeplax import inference
 from deeplax import losses
 from deeplax import metrics as metrics_lib
@@ -211,12 +212,15 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, module, config
   """
   rng = jax.random.fold_in(base_rng, state.step)
   (loss, (batch_stats, parts)), grads = loss_and_grads(state, batch, module, config, rng)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  new_state, finite = nonfinite.guard(state, new_state, loss, grads)  # never apply NaN/Inf
+  grad_norm = optax.global_norm(grads)
+  new_state, finite = nonfinite.apply_if_finite(  # never apply NaN/Inf
+      state, loss, grad_norm,
+      apply=lambda s: s.apply_gradients(grads=grads, batch_stats=batch_stats),
+      skip=lambda s: s.replace(step=s.step + 1))
   step_metrics = {
       'finite': finite,
       'loss': loss,
-      'grad_norm': optax.global_norm(grads),
+      'grad_norm': grad_norm,
       'learning_rate': optim.current_learning_rate(learning_rate_fn, state.step,
                                                    config.optim.iter_size),
       **{f'loss_{k}': v for k, v in parts.items()},
@@ -455,8 +459,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch = global_batch(next(train_iter), mesh)
       if step == start_step + 1:
         t0 = time.time()
-        train_step_fn = train_step_fn.lower(state, batch).compile()
-        logging.info('Compiled the train step in %.1fs', time.time() - t0)
+        with compile_cache.CacheEvents() as cache:
+          train_step_fn = train_step_fn.lower(state, batch).compile()
+        logging.info('Compiled the train step in %.1fs (persistent compilation cache: %s)',
+                     time.time() - t0, cache.outcome)
       state, step_metrics = train_step_fn(state, batch)
     monitor.after_step(step, step_metrics.pop('finite'), step_metrics['loss'])
     update = metrics_lib.TrainMetrics.single_from_model_output(**step_metrics)

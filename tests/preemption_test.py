@@ -180,6 +180,8 @@ def _kill_restart_and_compare(rng, run_dir, ref_dir, reference, first, second, t
   last.go()
   assert last.wait() == 0, last.text()[-3000:]
   assert last.restored_step() == stopped
+  # A restart compiles nothing: the reference's compile is in the persistent cache.
+  assert 'persistent compilation cache: hit' in last.text(), last.text()[-3000:]
   assert reference.wait() == 0, reference.text()[-3000:]
 
   resumed, straight = _state(run_dir, STEPS), _state(ref_dir, STEPS)
