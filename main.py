@@ -57,6 +57,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   _quiet_library_logs()
+  if FLAGS.config.keep_host_memory:  # before jax or TensorFlow allocate anything
+    from deeplax import host_memory  # pylint: disable=import-outside-toplevel
+    host_memory.keep_freed_memory()
   # tf.data runs on the host: keep TensorFlow off the accelerators JAX needs.
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], 'GPU')

@@ -59,6 +59,27 @@ def pin_threads(threads: int) -> List[int]:
   return cpus
 
 
+def setup_worker(spec: Dict) -> None:
+  """First thing in a worker: pin its threads, and set the process's malloc as it runs in
+  use: deeplax as main.py runs it (`deeplax.host_memory.keep_freed_memory`, unless
+  spec['deeplax_malloc'] is 'default'); PyTorch with glibc's defaults unless
+  spec['reference_malloc'] is 'tuned' (then the same setting: what a PyTorch user gets
+  from preloading jemalloc/tcmalloc)."""
+  pin_threads(spec['threads'])
+  key = 'deeplax_malloc' if spec['framework'] == 'deeplax' else 'reference_malloc'
+  default = 'tuned' if spec['framework'] == 'deeplax' else 'default'
+  if spec.get(key, default) == 'tuned':
+    from deeplax import host_memory  # pylint: disable=import-outside-toplevel
+    host_memory.keep_freed_memory()
+
+
+def add_malloc_args(parser) -> None:
+  parser.add_argument('--reference-malloc', default='default', choices=('default', 'tuned'),
+                      help="PyTorch worker's glibc malloc: as it ships, or tuned as deeplax's")
+  parser.add_argument('--deeplax-malloc', default='tuned', choices=('default', 'tuned'),
+                      help="deeplax worker's glibc malloc: tuned as main.py does, or default")
+
+
 def worker_env(threads: int) -> Dict[str, str]:
   """Environment of a worker: one jax CPU device (the tests force four), the thread
   count for OpenMP/MKL, and no inherited profiling/dump flags."""

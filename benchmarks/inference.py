@@ -45,7 +45,7 @@ def _images(spec):
 
 
 def deeplax_worker(spec):
-  common.pin_threads(spec['threads'])
+  common.setup_worker(spec)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   jax.config.update('jax_enable_compilation_cache', False)
@@ -83,7 +83,7 @@ def deeplax_worker(spec):
 
 
 def torch_worker(spec):
-  common.pin_threads(spec['threads'])
+  common.setup_worker(spec)
   import torch  # pylint: disable=import-outside-toplevel
   from benchmarks import torch_models  # pylint: disable=import-outside-toplevel
   from tests.conftest import import_torchvision  # pylint: disable=import-outside-toplevel
@@ -146,6 +146,7 @@ def parse_args(argv=None):
   parser.add_argument('--out', default=None,
                       help=f'JSON output (default: {os.path.relpath(DEFAULT_OUT)}; '
                       'with --tiny: none unless given)')
+  common.add_malloc_args(parser)
   parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.tiny:
@@ -172,7 +173,8 @@ def main(argv=None):
   def make_spec(name, framework, repeat):
     return {'config': name, 'framework': framework, 'batch': args.batch,
             'size': sizes[split_config(name)[1]], 'steps': args.steps, 'warmup': args.warmup,
-            'threads': args.threads, 'dtype': args.dtype, 'tiny': args.tiny, 'repeat': repeat}
+            'threads': args.threads, 'dtype': args.dtype, 'tiny': args.tiny, 'repeat': repeat,
+            'reference_malloc': args.reference_malloc, 'deeplax_malloc': args.deeplax_malloc}
 
   results = common.run_all(__file__, configs, args.frameworks, args.repeats, make_spec,
                            args.threads, args.timeout)

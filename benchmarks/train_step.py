@@ -68,7 +68,7 @@ def deeplax_config(spec):
 
 
 def deeplax_worker(spec):
-  common.pin_threads(spec['threads'])
+  common.setup_worker(spec)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   cache_counts = _use_compilation_cache(spec.get("compile_cache"))
@@ -140,7 +140,7 @@ def _memory(memory, device, compiled=None):
 
 
 def torch_worker(spec):
-  common.pin_threads(spec['threads'])
+  common.setup_worker(spec)
   import torch  # pylint: disable=import-outside-toplevel
   from torch.nn import functional as F  # pylint: disable=import-outside-toplevel
   from benchmarks import torch_models  # pylint: disable=import-outside-toplevel
@@ -221,6 +221,7 @@ def parse_args(argv=None):
   parser.add_argument('--out', default=None,
                       help=f'JSON output (default: {os.path.relpath(DEFAULT_OUT)}; '
                       'with --tiny: none unless given)')
+  common.add_malloc_args(parser)
   parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.tiny:
@@ -240,7 +241,8 @@ def run(args):
     return {'config': name, 'framework': framework, 'batch': args.batch, 'crop': args.crop,
             'steps': args.steps, 'warmup': args.warmup, 'threads': args.threads,
             'dtype': args.dtype, 'tiny': args.tiny, 'remat': args.remat,
-            'compile_cache': args.compile_cache, 'repeat': repeat}
+            'compile_cache': args.compile_cache, 'repeat': repeat,
+            'reference_malloc': args.reference_malloc, 'deeplax_malloc': args.deeplax_malloc}
 
   results = common.run_all(__file__, args.models, args.frameworks, args.repeats, make_spec,
                            args.threads, args.timeout)

@@ -89,7 +89,42 @@ def pointwise_conv_dot(x: jax.Array, kernel: jax.Array, strides: Sequence[int] =
   sh, sw = strides
   if (sh, sw) != (1, 1):
     x = x[:, ::sh, ::sw]
-  return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=precision)
+  return _pointwise_dot(x, kernel[0, 0], precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _pointwise_dot(x: jax.Array, w: jax.Array, precision) -> jax.Array:
+  """x (N, H, W, C) . w (C, D), with a kernel gradient that transposes the narrower of
+  the input and the output gradient.
+
+  The kernel gradient x^T . dy contracts the leading (pixel) axis of both; XLA:CPU makes
+  one of them pixel-minor with a transpose, and left alone it picks the output gradient
+  even when it is 4x wider (a bottleneck's conv3), fusing the batch-norm backward into
+  that transpose. Choosing the narrower one: ResNet-101 OS16 train step 3.13 -> 2.75 s
+  (interleaved A/B).
+  """
+  return jax.lax.dot_general(x, w, (((3,), (0,)), ((), ())), precision=precision)
+
+
+def _pointwise_dot_fwd(x, w, precision):
+  return _pointwise_dot(x, w, precision), (x, w)
+
+
+def _pointwise_dot_bwd(precision, residuals, g):
+  x, w = residuals
+  c, d = w.shape
+  x_rows, g_rows = x.reshape(-1, c), g.reshape(-1, d)
+  dx = jax.lax.dot_general(g, w, (((3,), (1,)), ((), ())), precision=precision)
+  matmul = lambda a, b: jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())),  # noqa: E731
+                                            precision=precision)
+  if c <= d:
+    dw = matmul(x_rows.T, g_rows)
+  else:
+    dw = matmul(g_rows.T, x_rows).T
+  return dx, dw.astype(w.dtype)
+
+
+_pointwise_dot.defvjp(_pointwise_dot_fwd, _pointwise_dot_bwd)
 
 
 def depthwise_conv_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
