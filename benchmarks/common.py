@@ -24,8 +24,11 @@ How a number is taken, for both frameworks alike:
   state, inputs, compilation) the worker returns freed heap to the OS (malloc_trim),
   notes VmRSS and resets the high-water mark (/proc/self/clear_refs = 5); `step_mem_mb`
   is then the peak during warm-up and timed steps above that baseline (activations,
-  gradients, workspaces) and `peak_rss_mb` the process's peak over the same steps. On
-  CUDA: torch.cuda.max_memory_allocated / jax memory_stats peak_bytes_in_use.
+  gradients, workspaces) and `peak_rss_mb` the process's peak over the same steps. The
+  table shows `peak_rss_mb`: deeplax keeps freed memory mapped (deeplax.host_memory), so
+  its `step_mem_mb` is only what the heap grew by, not comparable; XLA's own buffer plan
+  of a step is `xla_temp_mb`. On CUDA: torch.cuda.max_memory_allocated / jax
+  memory_stats peak_bytes_in_use.
 """
 import ctypes
 import datetime
@@ -356,10 +359,12 @@ def _fmt(value, spec='.3f'):
 
 
 def print_table(rows: List[Dict], unit: str = 's/step') -> None:
-  """config | deeplax | reference | ratio | images/s | compile | memory."""
+  """config | deeplax | reference | ratio | images/s | compile | peak memory (the process's
+  peak resident set: with deeplax's malloc setting freed memory stays mapped, so a
+  step's own share is not separable from the heap; XLA's plan is in the JSON)."""
   header = (f'{"config":34s} {"deeplax " + unit:>15s} {"torch " + unit:>13s} {"ratio":>6s} '
             f'{"cpu ratio":>9s} {"img/s dlx":>9s} {"img/s ref":>9s} {"compile s":>9s} '
-            f'{"mem MB dlx":>10s} {"mem MB ref":>10s}')
+            f'{"peak MB dlx":>11s} {"peak MB ref":>11s}')
   print(header)
   print('-' * len(header))
   for row in rows:
@@ -367,8 +372,8 @@ def print_table(rows: List[Dict], unit: str = 's/step') -> None:
     print(f'{row["config"]:34s} {_fmt(d.get("step_s")):>15s} {_fmt(t.get("step_s")):>13s} '
           f'{_fmt(row.get("ratio"), ".2f"):>6s} {_fmt(row.get("cpu_ratio"), ".2f"):>9s} '
           f'{_fmt(d.get("images_per_s"), ".2f"):>9s} {_fmt(t.get("images_per_s"), ".2f"):>9s} '
-          f'{_fmt(d.get("compile_s"), ".1f"):>9s} {_fmt(d.get("step_mem_mb"), ".0f"):>10s} '
-          f'{_fmt(t.get("step_mem_mb"), ".0f"):>10s}')
+          f'{_fmt(d.get("compile_s"), ".1f"):>9s} {_fmt(d.get("peak_rss_mb"), ".0f"):>11s} '
+          f'{_fmt(t.get("peak_rss_mb"), ".0f"):>11s}')
     for fw in ('deeplax', 'torch'):
       for err in row.get(fw, {}).get('errors', []):
         print(f'  {fw} error: {err.strip().splitlines()[-1] if err.strip() else err}')
