@@ -157,8 +157,8 @@ def depthwise_conv_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   at ~50 MFLOP/s and computes their weight gradient as a dense C x C convolution. At
   stride 1 the input gradient is the same kind of sum over the padded output gradient
   with the kernel flipped (one fusion), not the nine padded copies autodiff adds up
-  (MobileNetV2 train step / PyTorch's 1.31 -> 1.08-1.15 in three lockstep runs). `strides`, `padding`
-  and `dilation` are tuples.
+  (MobileNetV2 train step / PyTorch's: 1.31 -> 1.08-1.15 in three lockstep runs).
+  `strides`, `padding` and `dilation` are tuples.
   """
   return _depthwise_taps(x, kernel, strides, padding, dilation)
 
