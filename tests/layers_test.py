@@ -99,3 +99,47 @@ def test_conv_matches_torch_conv2d():
   ours = layers.Conv(6, (3, 3), padding=((18, 18), (18, 18)), kernel_dilation=(18, 18))
   y = ours.apply({'params': params}, jnp.asarray(x.transpose(0, 2, 3, 1)))
   np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_relu_once_equals_relu_in_value_and_gradient():
+  x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 3.5, jnp.inf, -jnp.inf, jnp.nan])
+  np.testing.assert_array_equal(layers.relu_once(x), nn.relu(x))  # NaN stays NaN
+  finite = x[:-1]
+  np.testing.assert_array_equal(jax.grad(lambda v: layers.relu_once(v).sum())(finite),
+                                jax.grad(lambda v: nn.relu(v).sum())(finite))
+
+
+def _fused_blocks(relu, depth):
+  """Most bn3 layers (one per block) any single fusion of a ResNet stage's compiled
+  forward reads from."""
+  import re  # pylint: disable=import-outside-toplevel
+  from deeplax.models import resnet  # pylint: disable=import-outside-toplevel
+
+  class Stage(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      conv = layers.make_conv(jnp.float32, jnp.float32)
+      norm = layers.make_norm(False, False, 0.9, 1e-5, jnp.float32, jnp.float32)
+      for j in range(depth):
+        x = resnet.Bottleneck(planes=8, strides=1, dilation=2, downsample=j == 0, conv=conv,
+                              norm=norm, name=f'block{j}')(x)
+      return x
+
+  stage, x = Stage(), jnp.zeros((1, 17, 17, 32))
+  variables = stage.init(jax.random.key(0), x)
+  original = layers.relu_once
+  try:
+    layers.relu_once = relu
+    hlo = jax.jit(stage.apply).lower(variables, x).compile().as_text()
+  finally:
+    layers.relu_once = original
+  calls = re.findall(r'fusion\((.*?)\), kind=', hlo)
+  return max(len(set(re.findall(r'block(\d+).{0,12}bn3', c))) for c in calls)
+
+
+def test_block_outputs_are_computed_once_not_per_consumer():
+  """With max(x, 0) at block outputs XLA recomputes every earlier block's batch norm and
+  residual add inside each later block (quadratic in depth); `relu_once` stops that."""
+  assert _fused_blocks(nn.relu, 6) >= 5, (
+      'XLA no longer duplicates max(x, 0) chains into consumers: relu_once may be unneeded')
+  assert _fused_blocks(layers.relu_once, 6) <= 1

@@ -77,7 +77,7 @@ class Bottleneck(nn.Module):
       x = self.conv(self.planes * 4, (1, 1), strides=(s, s), padding=((0, 0), (0, 0)),
                     name='downsample_conv')(x)
       x = self.norm(name='downsample_bn')(x)
-    return nn.relu(y + x)
+    return layers.relu_once(y + x)
 
 
 class ResNet(nn.Module):
