@@ -73,7 +73,8 @@ def setup_worker(spec: Dict) -> None:
   default = 'tuned' if spec['framework'] == 'deeplax' else 'default'
   if spec.get(key, default) == 'tuned':
     from deeplax import host_memory  # pylint: disable=import-outside-toplevel
-    host_memory.keep_freed_memory()
+    global _KEEPS_FREED_MEMORY  # pylint: disable=global-statement
+    _KEEPS_FREED_MEMORY = host_memory.keep_freed_memory()
 
 
 def add_malloc_args(parser) -> None:
@@ -116,11 +117,25 @@ def trim_heap() -> None:
     pass
 
 
+# Set by setup_worker when the process runs with deeplax.host_memory's malloc setting.
+_KEEPS_FREED_MEMORY = False
+
+
 class PeakMemory:
-  """Peak resident memory of a code block, relative to the RSS when it starts."""
+  """Peak resident memory of a code block, relative to the RSS when it starts.
+
+  The heap is trimmed first so that the baseline is live memory, except in a process that
+  keeps freed memory mapped on purpose (deeplax as main.py runs it, which never trims):
+  trimming there hands back pages that the timed steps then fault in again (up to 2.6 GB
+  and a second or more per step for ResNet-101 OS 8), which is not how it runs.
+  """
+
+  def __init__(self, trim: Optional[bool] = None):
+    self.trim = (not _KEEPS_FREED_MEMORY) if trim is None else trim
 
   def __enter__(self):
-    trim_heap()
+    if self.trim:
+      trim_heap()
     self.baseline_kb = _status_kb('VmRSS')
     try:
       with open('/proc/self/clear_refs', 'w') as f:
