@@ -21,8 +21,9 @@ How a number is taken, for both frameworks alike:
 - Compile: jax's lower + compile of the step, timed apart (the persistent compilation
   cache is off unless asked for); for torch, which compiles nothing, the first step.
 - Memory (CPU): the process's peak resident set (VmHWM). After setup (model, optimizer
-  state, inputs, compilation) the worker returns freed heap to the OS (malloc_trim),
-  notes VmRSS and resets the high-water mark (/proc/self/clear_refs = 5); `step_mem_mb`
+  state, inputs, compilation) the worker returns freed heap to the OS (malloc_trim;
+  not where it keeps freed memory mapped, as deeplax does: see PeakMemory), notes VmRSS
+  and resets the high-water mark (/proc/self/clear_refs = 5); `step_mem_mb`
   is then the peak during warm-up and timed steps above that baseline (activations,
   gradients, workspaces) and `peak_rss_mb` the process's peak over the same steps. The
   table shows `peak_rss_mb`: deeplax keeps freed memory mapped (deeplax.host_memory), so
@@ -84,6 +85,11 @@ def add_malloc_args(parser) -> None:
                       help="deeplax worker's glibc malloc: tuned as main.py does, or default")
 
 
+def malloc_spec(args) -> Dict[str, str]:
+  """The workers' malloc settings from `add_malloc_args`'s flags, for their spec."""
+  return {'reference_malloc': args.reference_malloc, 'deeplax_malloc': args.deeplax_malloc}
+
+
 def worker_env(threads: int) -> Dict[str, str]:
   """Environment of a worker: one jax CPU device (the tests force four), the thread
   count for OpenMP/MKL, and no inherited profiling/dump flags."""
@@ -130,11 +136,8 @@ class PeakMemory:
   and a second or more per step for ResNet-101 OS 8), which is not how it runs.
   """
 
-  def __init__(self, trim: Optional[bool] = None):
-    self.trim = (not _KEEPS_FREED_MEMORY) if trim is None else trim
-
   def __enter__(self):
-    if self.trim:
+    if not _KEEPS_FREED_MEMORY:
       trim_heap()
     self.baseline_kb = _status_kb('VmRSS')
     try:

@@ -48,8 +48,9 @@ def deeplax_worker(spec):
   common.setup_worker(spec)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  jax.config.update('jax_enable_compilation_cache', False)
-  from deeplax import models, train, xla_options  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from deeplax import compile_cache, models, train, xla_options
+  compile_cache.configure('')  # compile time is measured, never loaded
   model, _ = split_config(spec['config'])
   config = train_step.deeplax_config({**spec, 'config': model, 'crop': spec['size'][0]})
   device = jax.devices()[0]
@@ -174,7 +175,7 @@ def main(argv=None):
     return {'config': name, 'framework': framework, 'batch': args.batch,
             'size': sizes[split_config(name)[1]], 'steps': args.steps, 'warmup': args.warmup,
             'threads': args.threads, 'dtype': args.dtype, 'tiny': args.tiny, 'repeat': repeat,
-            'reference_malloc': args.reference_malloc, 'deeplax_malloc': args.deeplax_malloc}
+            **common.malloc_spec(args)}
 
   results = common.run_all(__file__, configs, args.frameworks, args.repeats, make_spec,
                            args.threads, args.timeout)

@@ -241,8 +241,7 @@ def run(args):
     return {'config': name, 'framework': framework, 'batch': args.batch, 'crop': args.crop,
             'steps': args.steps, 'warmup': args.warmup, 'threads': args.threads,
             'dtype': args.dtype, 'tiny': args.tiny, 'remat': args.remat,
-            'compile_cache': args.compile_cache, 'repeat': repeat,
-            'reference_malloc': args.reference_malloc, 'deeplax_malloc': args.deeplax_malloc}
+            'compile_cache': args.compile_cache, 'repeat': repeat, **common.malloc_spec(args)}
 
   results = common.run_all(__file__, args.models, args.frameworks, args.repeats, make_spec,
                            args.threads, args.timeout)
