@@ -22,7 +22,8 @@ How a number is taken, for both frameworks alike:
   cache is off unless asked for); for torch, which compiles nothing, the first step.
 - Memory (CPU): the process's peak resident set (VmHWM). After setup (model, optimizer
   state, inputs, compilation) the worker returns freed heap to the OS (malloc_trim;
-  not where it keeps freed memory mapped, as deeplax does: see PeakMemory), notes VmRSS
+  a deeplax train-step worker, which keeps freed memory mapped, does so once right after
+  compiling, as deeplax's train loop does, not after its first step: see PeakMemory), notes VmRSS
   and resets the high-water mark (/proc/self/clear_refs = 5); `step_mem_mb`
   is then the peak during warm-up and timed steps above that baseline (activations,
   gradients, workspaces) and `peak_rss_mb` the process's peak over the same steps. The
@@ -31,7 +32,6 @@ How a number is taken, for both frameworks alike:
   of a step is `xla_temp_mb`. On CUDA: torch.cuda.max_memory_allocated / jax
   memory_stats peak_bytes_in_use.
 """
-import ctypes
 import datetime
 import json
 import os
@@ -117,22 +117,27 @@ def _status_kb(field: str) -> int:
 
 def trim_heap() -> None:
   """Returns free heap pages to the OS so that RSS reflects live memory (glibc only)."""
-  try:
-    ctypes.CDLL('libc.so.6').malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
+  from deeplax import host_memory  # pylint: disable=import-outside-toplevel
+  host_memory.release_free_memory()
 
 
 # Set by setup_worker when the process runs with deeplax.host_memory's malloc setting.
 _KEEPS_FREED_MEMORY = False
 
 
+def release_compile_memory() -> None:
+  """After compiling, in a worker that keeps freed memory mapped: hand the compiler's
+  freed heap back once, as deeplax's train loop does (deeplax.host_memory)."""
+  if _KEEPS_FREED_MEMORY:
+    trim_heap()
+
+
 class PeakMemory:
   """Peak resident memory of a code block, relative to the RSS when it starts.
 
   The heap is trimmed first so that the baseline is live memory, except in a process that
-  keeps freed memory mapped on purpose (deeplax as main.py runs it, which never trims):
-  trimming there hands back pages that the timed steps then fault in again (up to 2.6 GB
+  keeps freed memory mapped on purpose (deeplax as main.py runs it, which trims once, right
+  after compiling: `release_compile_memory`): trimming after its first step hands back pages that the timed steps then fault in again (up to 2.6 GB
   and a second or more per step for ResNet-101 OS 8), which is not how it runs.
   """
 

@@ -91,6 +91,7 @@ def deeplax_worker(spec):
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile(options)
   compile_s = time.perf_counter() - t0
+  common.release_compile_memory()
   holder = {'state': state}
 
   def step():

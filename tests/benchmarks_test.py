@@ -98,6 +98,18 @@ def test_peak_memory_trims_the_heap_only_where_the_process_does(monkeypatch):
   assert trims == [1] and memory.step_mb >= 180, memory.step_mb
 
 
+def test_compile_memory_is_released_only_where_freed_memory_is_kept(monkeypatch):
+  """A deeplax worker (freed memory kept mapped) hands the compiler's heap back once after
+  compiling, as the train loop does; a worker on glibc's defaults trims nothing there."""
+  trims = []
+  monkeypatch.setattr(common, 'trim_heap', lambda: trims.append(1))
+  common.release_compile_memory()
+  assert trims == []
+  monkeypatch.setattr(common, '_KEEPS_FREED_MEMORY', True)
+  common.release_compile_memory()
+  assert trims == [1]
+
+
 def test_combine_takes_medians_and_the_ratio():
   runs = [{'config': 'a', 'framework': 'deeplax', 'step_s': s, 'step_cpu_s': s,
            'images_per_s': 2 / s, 'compile_s': 10.0, 'first_step_s': 1.0, 'step_mem_mb': 5.0,

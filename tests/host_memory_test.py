@@ -1,4 +1,5 @@
-"""deeplax.host_memory: freed memory stays mapped, so reallocating it costs no page faults."""
+"""deeplax.host_memory: freed memory stays mapped, so reallocating it costs no page faults;
+release_free_memory hands it back on demand (after compiling)."""
 import os
 import subprocess
 import sys
@@ -38,3 +39,37 @@ def test_reallocating_freed_memory_touches_no_new_pages():
   assert faults < 0.02 * pages
   _, default_faults = _faults('default')  # glibc's default: mmap'd, returned, faulted again
   assert default_faults > 0.9 * pages
+
+
+RELEASE_SCRIPT = textwrap.dedent('''
+    import ctypes
+    from deeplax import host_memory
+    assert host_memory.keep_freed_memory()
+    libc = ctypes.CDLL('libc.so.6')
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096
+    size = 200_000_000
+    keep = libc.malloc(1000)  # live memory above the block: it cannot merge into the top
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    guard = libc.malloc(1000)
+    ctypes.memset(guard, 1, 1000)
+    start = rss()
+    libc.free(block)
+    kept = rss()
+    released = host_memory.release_free_memory()
+    print('RSS', released, start - kept, start - rss())
+''')
+
+
+def test_release_free_memory_returns_the_kept_pages():
+  """With freed memory kept mapped (as the train loop runs), a freed 200 MB block stays
+  resident until release_free_memory, which returns it even from the middle of the heap."""
+  proc = subprocess.run([sys.executable, '-c', RELEASE_SCRIPT], capture_output=True,
+                        text=True, cwd=REPO, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  _, released, dropped_on_free, dropped_on_release = proc.stdout.split()
+  assert released == 'True'
+  assert int(dropped_on_free) < 0.02 * 200_000_000
+  assert int(dropped_on_release) > 0.9 * 200_000_000

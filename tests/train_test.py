@@ -90,6 +90,42 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model):
   assert again == record and json.loads((killed / 'eval_results.json').read_text()) == record
 
 
+@pytest.mark.parametrize('keep_host_memory', [True, False])
+def test_compile_memory_is_released_once_before_the_first_step(tmp_path, monkeypatch,
+                                                                tiny_model, keep_host_memory):
+  """With keep_host_memory (freed memory stays mapped), the compiler's freed heap is
+  handed back once, after the train step compiles and before it first runs; without it
+  glibc trims by itself and the loop does nothing."""
+  del tiny_model
+  events = []
+  monkeypatch.setattr(train.host_memory, 'release_free_memory',
+                      lambda: events.append('release'))
+  make_step = train.make_train_step
+
+  def recording_make_step(*args, **kwargs):
+    jitted = make_step(*args, **kwargs)
+
+    class Recording:
+      def lower(self, *a):
+        lowered = jitted.lower(*a)
+
+        class Lowered:
+          def compile(self, *c):
+            compiled = lowered.compile(*c)
+
+            def run(*r):
+              events.append('step')
+              return compiled(*r)
+            return run
+        return Lowered()
+    return Recording()
+  monkeypatch.setattr(train, 'make_train_step', recording_make_step)
+  config = tiny_config(num_train_steps=3)
+  config.keep_host_memory = keep_host_memory
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert events == (['release'] if keep_host_memory else []) + ['step'] * 3
+
+
 def test_eval_counts_every_image_once_with_a_remainder_batch():
   config = tiny_config()  # 10 images, eval batch 4: 3 batches, the last with 2 fillers
   mesh = train.create_mesh(jax.devices()[:4])
