@@ -33,19 +33,27 @@ M_ARENA_MAX = -8
 TRIM_NEVER = -1  # M_TRIM_THRESHOLD's "no automatic trimming" (stored as SIZE_MAX)
 
 
+def _glibc_function(name: str, argtypes):
+  """glibc's `name` with its argument types, or None off Linux/glibc."""
+  if not sys.platform.startswith('linux'):
+    return None
+  try:
+    function = getattr(ctypes.CDLL('libc.so.6'), name)
+  except (OSError, AttributeError):
+    return None
+  function.argtypes = argtypes
+  return function
+
+
 def keep_freed_memory() -> bool:
   """glibc: serve every allocation from the heap (no mmap), never trim it, one arena.
 
   Call before the first large allocation (main.py calls it before importing jax).
   Returns whether it applied (False on other platforms or C libraries).
   """
-  if not sys.platform.startswith('linux'):
+  mallopt = _glibc_function('mallopt', [ctypes.c_int, ctypes.c_int])
+  if mallopt is None:
     return False
-  try:
-    mallopt = ctypes.CDLL('libc.so.6').mallopt
-  except (OSError, AttributeError):
-    return False
-  mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
   return all([mallopt(M_MMAP_MAX, 0) == 1,
               mallopt(M_TRIM_THRESHOLD, TRIM_NEVER) == 1,
               mallopt(M_ARENA_MAX, 1) == 1])
@@ -58,12 +66,8 @@ def release_free_memory() -> bool:
   for a DeepLab train step) leaves the resident set; the step's buffers are then faulted
   in once and, with `keep_freed_memory`, kept. Returns whether it ran.
   """
-  if not sys.platform.startswith('linux'):
+  malloc_trim = _glibc_function('malloc_trim', [ctypes.c_size_t])
+  if malloc_trim is None:
     return False
-  try:
-    malloc_trim = ctypes.CDLL('libc.so.6').malloc_trim
-  except (OSError, AttributeError):
-    return False
-  malloc_trim.argtypes = [ctypes.c_size_t]
   malloc_trim(0)
   return True
