@@ -191,18 +191,28 @@ def _kill_restart_and_compare(rng, run_dir, ref_dir, reference, first, second, t
   assert any('acc_grads' in str(p) for p, _ in resumed)  # mid-accumulation state included
 
 
+def _wait_for(condition, seconds=5.0):
+  """Sleeps in short slices (each a chance for Python to run a pending signal handler)
+  until `condition()` or the time is up."""
+  deadline = time.monotonic() + seconds
+  while not condition() and time.monotonic() < deadline:
+    time.sleep(0.01)
+
+
 def test_first_signal_requests_a_stop_the_second_acts_at_once():
   from deeplax import preemption  # pylint: disable=import-outside-toplevel
   assert preemption.EXIT_PREEMPTED == EXIT_PREEMPTED
   before = signal.getsignal(signal.SIGINT)
+  # signal.raise_signal delivers to this (the main) thread; a process-directed kill may
+  # land on one of XLA's threads, and Python then runs the handler only at a later check.
   with preemption.StopRequest() as stop:
     assert not stop.requested
-    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: recorded, nothing raised
-    time.sleep(0.05)
+    signal.raise_signal(signal.SIGINT)  # Ctrl-C: recorded, nothing raised
+    _wait_for(lambda: stop.requested)
     assert stop.requested and stop.signal_name == 'SIGINT'
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C again: Python's own handler
-      os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(0.05)
+      signal.raise_signal(signal.SIGINT)
+      _wait_for(lambda: False)
   assert signal.getsignal(signal.SIGINT) is before
   term = signal.getsignal(signal.SIGTERM)
   with preemption.StopRequest(enabled=False):  # multi-host: Orbax's preemption sync decides
