@@ -21,10 +21,10 @@ How a number is taken, for both frameworks alike:
 - Compile: jax's lower + compile of the step, timed apart (the persistent compilation
   cache is off unless asked for); for torch, which compiles nothing, the first step.
 - Memory (CPU): the process's peak resident set (VmHWM). After setup (model, optimizer
-  state, inputs, compilation) the worker returns freed heap to the OS (malloc_trim;
-  a deeplax train-step worker, which keeps freed memory mapped, does so once right after
-  compiling, as deeplax's train loop does, not after its first step: see PeakMemory), notes VmRSS
-  and resets the high-water mark (/proc/self/clear_refs = 5); `step_mem_mb`
+  state, inputs, compilation) the worker returns freed heap to the OS (malloc_trim; a
+  deeplax train-step worker, which keeps freed memory mapped, does so once right after
+  compiling, as deeplax's train loop does: see PeakMemory), notes VmRSS and resets the
+  high-water mark (/proc/self/clear_refs = 5); `step_mem_mb`
   is then the peak during warm-up and timed steps above that baseline (activations,
   gradients, workspaces) and `peak_rss_mb` the process's peak over the same steps. The
   table shows `peak_rss_mb`: deeplax keeps freed memory mapped (deeplax.host_memory), so
@@ -137,8 +137,8 @@ class PeakMemory:
 
   The heap is trimmed first so that the baseline is live memory, except in a process that
   keeps freed memory mapped on purpose (deeplax as main.py runs it, which trims once, right
-  after compiling: `release_compile_memory`): trimming after its first step hands back pages that the timed steps then fault in again (up to 2.6 GB
-  and a second or more per step for ResNet-101 OS 8), which is not how it runs.
+  after compiling: `release_compile_memory`): trimming after its first step hands back
+  pages that the timed steps then fault in again, which is not how it runs.
   """
 
   def __enter__(self):

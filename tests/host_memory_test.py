@@ -6,15 +6,19 @@ import sys
 import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = textwrap.dedent('''
-    import ctypes, resource, sys
-    from deeplax import host_memory
-    applied = host_memory.keep_freed_memory() if sys.argv[1] == 'keep' else False
+# Plain malloc/free through ctypes, as XLA's buffers (numpy would ask for huge pages).
+LIBC = textwrap.dedent('''
+    import ctypes
     libc = ctypes.CDLL('libc.so.6')
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    size = int(sys.argv[2])  # plain malloc, as XLA's buffers (numpy would ask for huge pages)
+''')
+SCRIPT = LIBC + textwrap.dedent('''
+    import resource, sys
+    from deeplax import host_memory
+    applied = host_memory.keep_freed_memory() if sys.argv[1] == 'keep' else False
+    size = int(sys.argv[2])
     block = libc.malloc(size)
     ctypes.memset(block, 1, size)  # touched
     libc.free(block)  # freed
@@ -25,11 +29,16 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def _faults(mode, size=200_000_000):
-  proc = subprocess.run([sys.executable, '-c', SCRIPT, mode, str(size)], capture_output=True,
+def _run(script, *args):
+  """stdout's words of `script` run in a fresh interpreter (its own malloc settings)."""
+  proc = subprocess.run([sys.executable, '-c', script, *args], capture_output=True,
                         text=True, cwd=REPO, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
   assert proc.returncode == 0, proc.stderr[-2000:]
-  _, applied, faults = proc.stdout.split()
+  return proc.stdout.split()
+
+
+def _faults(mode, size=200_000_000):
+  _, applied, faults = _run(SCRIPT, mode, str(size))
   return applied == 'True', int(faults)
 
 
@@ -51,19 +60,14 @@ def test_freed_blocks_over_2_gib_stay_mapped_too():
   assert faults < 0.02 * size // 4096
 
 
-RELEASE_SCRIPT = textwrap.dedent('''
-    import ctypes
+RELEASE_SCRIPT = LIBC + textwrap.dedent('''
     from deeplax import host_memory
     assert host_memory.keep_freed_memory()
-    libc = ctypes.CDLL('libc.so.6')
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
     rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096
     size = 200_000_000
-    keep = libc.malloc(1000)  # live memory above the block: it cannot merge into the top
     block = libc.malloc(size)
     ctypes.memset(block, 1, size)
-    guard = libc.malloc(1000)
+    guard = libc.malloc(1000)  # live memory above the block: it cannot merge into the top
     ctypes.memset(guard, 1, 1000)
     start = rss()
     libc.free(block)
@@ -76,10 +80,7 @@ RELEASE_SCRIPT = textwrap.dedent('''
 def test_release_free_memory_returns_the_kept_pages():
   """With freed memory kept mapped (as the train loop runs), a freed 200 MB block stays
   resident until release_free_memory, which returns it even from the middle of the heap."""
-  proc = subprocess.run([sys.executable, '-c', RELEASE_SCRIPT], capture_output=True,
-                        text=True, cwd=REPO, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  _, released, dropped_on_free, dropped_on_release = proc.stdout.split()
+  _, released, dropped_on_free, dropped_on_release = _run(RELEASE_SCRIPT)
   assert released == 'True'
   assert int(dropped_on_free) < 0.02 * 200_000_000
   assert int(dropped_on_release) > 0.9 * 200_000_000
