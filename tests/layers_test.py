@@ -74,6 +74,41 @@ def test_conv_equals_xla_convolution_and_its_gradients(case):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+# (height, stride, dilation, padding (top, bottom)): output heights of 37 and 35 rows
+# give the kernel gradient two whole groups of `DEPTHWISE_GRAD_ROWS` rows and a rest.
+TALL_DEPTHWISE = [
+    (37, 1, 2, (2, 2)),
+    (70, 2, 1, (1, 1)),
+    (69, 2, 2, (0, 3)),
+]
+
+
+@pytest.mark.parametrize('height, stride, dilation, pad', TALL_DEPTHWISE)
+def test_depthwise_gradients_on_maps_taller_than_one_row_group(height, stride, dilation, pad):
+  assert layers.DEPTHWISE_GRAD_ROWS == 16  # the heights above are chosen for it
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((2, height, 9, 8), dtype=np.float32)
+  kernel = rng.standard_normal((3, 3, 1, 8), dtype=np.float32)
+  padding = (pad, (1, 1))
+  conv = lambda fn: (lambda x, k: fn(x, k, (stride, stride), padding, (dilation, dilation)))
+  ours = conv(layers.depthwise_conv_taps)
+  reference = conv(lambda x, k, s, p, d: jax.lax.conv_general_dilated(
+      x, k, s, p, rhs_dilation=d, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=8, precision=jax.lax.Precision.HIGHEST))
+  out_shape = jax.eval_shape(reference, x, kernel).shape
+  assert out_shape[1] >= 2 * layers.DEPTHWISE_GRAD_ROWS + 1
+  cotangent = rng.standard_normal(out_shape, dtype=np.float32)
+
+  @jax.jit
+  def grads(x, kernel, cotangent):
+    return [jax.grad(lambda x, k: jnp.vdot(fn(x, k), cotangent), argnums=(0, 1))(x, kernel)
+            for fn in (ours, reference)]
+
+  (dx, dk), (want_dx, want_dk) = grads(x, kernel, cotangent)
+  np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dk, want_dk, rtol=1e-4, atol=1e-4)
+
+
 def test_tap_lowering_is_chosen_only_where_taps_hit_padding():
   x = jnp.zeros((1, 41, 41, 4))
   taps = lambda d: layers.tap_fraction(x.shape[1:3], 3, d) < layers.TAP_FRACTION_THRESHOLD
