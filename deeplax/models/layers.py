@@ -209,7 +209,8 @@ def depthwise_conv_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   at ~50 MFLOP/s and computes their weight gradient as a dense C x C convolution. The
   gradients are written out too (`_depthwise_input_grad`, `_depthwise_kernel_grad`),
   not left to autodiff of the slices, which copies every window (MobileNetV2 train step
-  / PyTorch's: grouped conv 1.31, taps with autodiff 1.08-1.15, now 0.93-0.94).
+  / PyTorch's: grouped conv 1.31; taps with only the stride-1 input gradient written
+  out 1.08-1.15; both gradients 0.93-0.94).
   `strides`, `padding` and `dilation` are tuples.
   """
   return _depthwise_taps(x, kernel, strides, padding, dilation)
