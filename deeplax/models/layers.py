@@ -151,11 +151,6 @@ def _padded_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   return out
 
 
-def _depthwise_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
-                    padding: Padding, dilation: Sequence[int]) -> jax.Array:
-  return _padded_taps(_pad_spatial(x, padding), kernel, strides, dilation)
-
-
 # Output rows each partial sum of the depthwise kernel gradient adds up in registers.
 DEPTHWISE_GRAD_ROWS = 16
 
@@ -178,6 +173,10 @@ def _depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_size: Sequence[int
   rows = min(DEPTHWISE_GRAD_ROWS, ho)
   # (first output row, groups, rows per group): whole groups, then the rest as one.
   blocks = [(0, ho // rows, rows)] + ([(ho - ho % rows, 1, ho % rows)] if ho % rows else [])
+  # Row r of every group of g, the same for all taps.
+  g_rows = {r: jax.lax.slice(g, (0, r, 0, 0), (n, r + (groups - 1) * size + 1, wo, c),
+                             (1, size, 1, 1)).astype(jnp.float32)
+            for first, groups, size in blocks for r in range(first, first + size)}
   taps = []
   for ky in range(kh):
     for kx in range(kw):
@@ -185,14 +184,12 @@ def _depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_size: Sequence[int
       for first, groups, size in blocks:
         partial = None
         for r in range(first, first + size):
-          g_rows = jax.lax.slice(g, (0, r, 0, 0), (n, r + (groups - 1) * size + 1, wo, c),
-                                 (1, size, 1, 1))
           start = ky * dh + r * sh
           x_rows = jax.lax.slice(
               x, (0, start, kx * dw, 0),
               (n, start + (groups - 1) * size * sh + 1, kx * dw + (wo - 1) * sw + 1, c),
               (1, size * sh, sw, 1))
-          term = x_rows.astype(jnp.float32) * g_rows.astype(jnp.float32)
+          term = x_rows.astype(jnp.float32) * g_rows[r]
           partial = term if partial is None else partial + term
         parts.append(partial)
       taps.append(jnp.concatenate(parts, axis=1))
@@ -213,7 +210,7 @@ def depthwise_conv_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   out 1.08-1.15; both gradients 0.93-0.94).
   `strides`, `padding` and `dilation` are tuples.
   """
-  return _depthwise_taps(x, kernel, strides, padding, dilation)
+  return _padded_taps(_pad_spatial(x, padding), kernel, strides, dilation)
 
 
 def _depthwise_fwd(x, kernel, strides, padding, dilation):
