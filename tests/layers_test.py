@@ -17,7 +17,9 @@ from deeplax.models import layers
 CASES = [
     (3, 12, 1, 1, (12, 12, 12, 12), False, 8, 16),  # ASPP-like: taps partly outside
     (3, 30, 1, 1, (30, 30, 30, 30), True, 8, 16),  # rate > map: only the centre tap
-    (3, 2, 1, 1, (2, 2, 2, 2), True, 8, 16),  # dense enough: XLA's conv
+    (3, 2, 1, 1, (2, 2, 2, 2), True, 8, 16),  # dense enough: XLA's conv, tap kernel grad
+    (3, 2, 2, 1, (0, 1, 0, 2), False, 8, 16),  # dilated, strided, asymmetric padding
+    (3, 3, 1, 1, (1, 3, 2, 2), True, 8, 16),  # dilated, asymmetric: no tap lowering
     (3, 1, 2, 1, (1, 1, 1, 1), False, 8, 16),
     (1, 1, 1, 1, (0, 0, 0, 0), True, 8, 16),  # pointwise: a dot
     (1, 1, 2, 1, (0, 0, 0, 0), False, 8, 16),  # strided pointwise (ResNet downsample)
@@ -108,6 +110,19 @@ def test_tap_lowering_is_chosen_only_where_taps_hit_padding():
   variables = jax.eval_shape(lambda: conv.init(jax.random.key(0), x))
   jaxpr = str(jax.make_jaxpr(conv.apply)(variables, x))
   assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr
+
+
+def test_only_dilated_convs_take_the_per_tap_kernel_gradient():
+  x = jnp.zeros((1, 41, 41, 4))
+
+  def kernel_grad_jaxpr(dilation):
+    conv = layers.Conv(4, (3, 3), padding=((dilation, dilation),) * 2,
+                       kernel_dilation=(dilation, dilation))
+    variables = conv.init(jax.random.key(0), x)
+    return str(jax.make_jaxpr(jax.grad(lambda v: conv.apply(v, x).sum()))(variables))
+
+  assert 'scan' in kernel_grad_jaxpr(2)  # the loop over taps
+  assert 'scan' not in kernel_grad_jaxpr(1)
 
 
 def test_conv_matches_torch_conv2d():
