@@ -282,10 +282,10 @@ def dilated_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], paddin
   """`lax.conv_general_dilated` (NHWC, HWIO, one group) whose kernel gradient is one
   matmul per tap (`_conv_kernel_grad`) instead of XLA's backward convolution.
 
-  For the dilated convs that are dense enough for XLA's convolution (ResNet layer3/4 at
-  OS 8 and 16). Train step, interleaved A/B in one process: ResNet-101 OS 16 -2.5 to
-  -3%, OS 8 -5.6%. Undilated 3x3 convs keep XLA's kernel gradient, which is as fast in
-  the full step (all 3x3 convs this way: ResNet-101 OS 16 +6%).
+  For the dilated convs dense enough for XLA's convolution (ResNet layer3/4 at OS 8 and
+  16, ASPP at low rates). Train step, interleaved A/B in one process: ResNet-101 OS 16
+  -2.5 to -3%, OS 8 -5.6%, ResNet-50 OS 8 unchanged. Undilated 3x3 convs keep XLA's
+  kernel gradient: this one made their step slower (all 3x3 convs: ResNet-101 OS 16 +6%).
   """
   return _xla_conv(x, kernel, strides, padding, dilation, precision)
 
@@ -302,13 +302,15 @@ def _conv_kernel_grad(x: jax.Array, g: jax.Array, kernel_size: Sequence[int],
   """dk[ky, kx] = window(ky, kx)^T . g over all pixels: the padded input's strided window
   under each tap (one copy) times the output gradient, a (C, N*H*W) x (N*H*W, D) matmul.
 
-  XLA:CPU computes the kernel gradient as a convolution of the transposed input with the
-  output gradient as its window, contracting only the batch within each window
-  position. On its own, a dilated one takes 2-3x these matmuls' time (ResNet layer4 at
-  OS 16, 2x21x21x512, dilation 2: 56 -> 27 ms; at OS 8, dilation 4 on 41x41: 376 ->
-  112 ms); in the full step, where other work fills the cores beside it, the gain is
-  smaller (`dilated_conv`). The taps run in a loop so that one window is alive at a
-  time: XLA:CPU cuts all nine first otherwise (+55 MB on the OS 8 layer4 conv).
+  XLA:CPU computes the kernel gradient as a convolution whose window is the whole output
+  gradient, on batch-minor copies of x and g ((C, H, W, N) and (H, W, N, D): rows of N=2
+  floats), with the producer of x (batch norm, ReLU) recomputed into its copy. Alone,
+  with deeplax's XLA options, XLA's kernel gradient and this one take about the same
+  time (XLA / taps, ResNet layer4 at OS 16, 2x21x21x512, dilation 2: 29 / 27 ms;
+  41x41x256, dilation 2: 30 / 34 ms); the gain is in the step (`dilated_conv`), where x
+  is padded in its own layout instead. The taps run in
+  a loop so that one window is alive at a time: XLA:CPU cuts all nine first otherwise
+  (ResNet-50 OS 8 train step: +460 MB of temporaries, +90 MB with the loop).
   """
   n, _, _, c = x.shape
   d = g.shape[-1]
