@@ -1,7 +1,8 @@
 """deeplax.models.layers.Conv against XLA's own convolution and PyTorch's conv2d.
 
-`layers.Conv` lowers 1x1 convs to dots, sparse dilated convs to per-tap matmuls and
-depthwise convs to shifted elementwise products (for speed on XLA:CPU); outputs and gradients must equal
+`layers.Conv` lowers 1x1 convs to dots, sparse dilated convs to per-tap matmuls,
+depthwise convs to shifted elementwise products and the kernel gradient of other dilated
+convs to per-tap matmuls (for speed on XLA:CPU); outputs and gradients must equal
 `lax.conv_general_dilated` (and torch) up to float summation order, and the parameters
 must be exactly `nn.Conv`'s (the converter maps names and shapes).
 """

@@ -308,9 +308,9 @@ def _conv_kernel_grad(x: jax.Array, g: jax.Array, kernel_size: Sequence[int],
   with deeplax's XLA options, XLA's kernel gradient and this one take about the same
   time (XLA / taps, ResNet layer4 at OS 16, 2x21x21x512, dilation 2: 29 / 27 ms;
   41x41x256, dilation 2: 30 / 34 ms); the gain is in the step (`dilated_conv`), where x
-  is padded in its own layout instead. The taps run in
-  a loop so that one window is alive at a time: XLA:CPU cuts all nine first otherwise
-  (ResNet-50 OS 8 train step: +460 MB of temporaries, +90 MB with the loop).
+  is padded in its own layout instead. The taps run in a loop so that one window is
+  alive at a time: XLA:CPU cuts all nine first otherwise (ResNet-50 OS 8 train step:
+  +460 MB of temporaries, +90 MB with the loop).
   """
   n, _, _, c = x.shape
   d = g.shape[-1]
@@ -351,7 +351,7 @@ dilated_conv.defvjp(_dilated_conv_fwd, _dilated_conv_bwd)
 
 class Conv(nn.Module):
   """`nn.Conv` for NHWC images (same parameter `kernel` (kh, kw, in/groups, out), same
-  optional `bias`) with three lowerings that XLA's convolution does badly:
+  optional `bias`) with four lowerings for what XLA's convolution does badly:
 
   - 1x1 convs -> dots (`pointwise_conv_dot`), whose gradients are dots as well;
   - sparse dilated convs -> per-tap matmuls (`atrous_conv_taps`): XLA computes every
@@ -402,8 +402,7 @@ class Conv(nn.Module):
     elif self.feature_group_count == in_features == self.features > 1:
       y = depthwise_conv_taps(x, kernel, tuple(self.strides), padding, dilation)
     elif self.feature_group_count == 1 and max(dilation) > 1:
-      y = dilated_conv(x, kernel, tuple(self.strides), padding, dilation,
-                               self.precision)
+      y = dilated_conv(x, kernel, tuple(self.strides), padding, dilation, self.precision)
     else:
       y = jax.lax.conv_general_dilated(
           x, kernel, tuple(self.strides), padding, rhs_dilation=dilation,
