@@ -290,10 +290,11 @@ def dilated_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], paddin
   return _xla_conv(x, kernel, strides, padding, dilation, precision)
 
 
-def _xla_conv(x, kernel, strides, padding, dilation, precision):
+def _xla_conv(x, kernel, strides, padding, dilation, precision, groups=1):
   return jax.lax.conv_general_dilated(
       x, kernel, strides, padding, rhs_dilation=dilation,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups,
+      precision=precision)
 
 
 def _conv_kernel_grad(x: jax.Array, g: jax.Array, kernel_size: Sequence[int],
@@ -404,10 +405,8 @@ class Conv(nn.Module):
     elif self.feature_group_count == 1 and max(dilation) > 1:
       y = dilated_conv(x, kernel, tuple(self.strides), padding, dilation, self.precision)
     else:
-      y = jax.lax.conv_general_dilated(
-          x, kernel, tuple(self.strides), padding, rhs_dilation=dilation,
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-          feature_group_count=self.feature_group_count, precision=self.precision)
+      y = _xla_conv(x, kernel, tuple(self.strides), padding, dilation, self.precision,
+                    self.feature_group_count)
     if bias is not None:
       y = y + bias
     return y
