@@ -295,6 +295,23 @@ def test_max_pool_matches_torch(size, ceil_mode):
   np.testing.assert_allclose(grad, xt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-5)
 
 
+
+@pytest.mark.parametrize('ceil_mode', [False, True])
+def test_max_pool_gradient_breaks_ties_as_torch(ceil_mode):
+  """After a ReLU most windows tie (at 0) and small integers tie everywhere: torch gives
+  each output's whole cotangent to its window's first maximum, and so must we."""
+  import torch
+  rng = np.random.default_rng(2)
+  x = np.concatenate([np.maximum(rng.normal(size=(1, 33, 34, 2)), 0),
+                      rng.integers(0, 3, size=(1, 33, 34, 2))], -1).astype(np.float32)
+  xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+  out = torch.nn.functional.max_pool2d(xt, 3, 2, 1, ceil_mode=ceil_mode)
+  cotangent = rng.normal(size=out.shape).astype(np.float32)
+  out.backward(torch.from_numpy(cotangent))
+  grad = jax.grad(lambda v: jnp.sum(layers.max_pool_3x3_s2(v, ceil_mode)
+                                    * cotangent.transpose(0, 2, 3, 1)))(jnp.asarray(x))
+  np.testing.assert_allclose(grad, xt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+
 def test_model_names_registry_is_complete():
   assert set(models.model_names()) == {
       'deeplabv2_resnet50', 'deeplabv2_resnet101', 'deeplabv3_resnet50',
