@@ -9,8 +9,9 @@ Parameter groups are found by path in the model's tree:
   params/backbone/...                      -> optim.backbone_lr_mult
   params/head/... and params/aux_head/...  -> optim.head_lr_mult
   any module named classifier* in a head   -> optim.classifier_lr_mult
-Normalisation layers are the modules holding a `scale` leaf (flax BatchNorm); their
-scale and bias, and every `bias`, get no weight decay when `optim.wd_exclude_norm`.
+Normalisation layers are the modules holding a `scale` leaf (`batch_norm.BatchNorm`, in
+flax's layout); their scale and bias, and every `bias`, get no weight decay when
+`optim.wd_exclude_norm`.
 With `model.freeze_bn` the normalisation parameters are not trained at all (caffe's
 use_global_stats with requires_grad False): their gradients are zeroed before anything
 else, so they receive neither update, momentum nor decay.

@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deeplax.models import batch_norm
+
 ModuleDef = Any
 Padding = Sequence[Tuple[int, int]]
 
@@ -419,10 +421,10 @@ def make_conv(dtype, param_dtype) -> ModuleDef:
 
 def make_norm(train: bool, freeze: bool, momentum: float, epsilon: float, dtype,
               param_dtype) -> ModuleDef:
-  """BatchNorm partial. Under `jit` with a globally sharded batch the statistics are
-  already global (sync BN) without an `axis_name`. `freeze` keeps running statistics
-  in training too (caffe's use_global_stats)."""
-  return functools.partial(nn.BatchNorm, use_running_average=(not train) or freeze,
+  """`batch_norm.BatchNorm` partial. Under `jit` with a globally sharded batch the
+  statistics are already global (sync BN) without an `axis_name`. `freeze` keeps running
+  statistics in training too (caffe's use_global_stats)."""
+  return functools.partial(batch_norm.BatchNorm, use_running_average=(not train) or freeze,
                            momentum=momentum, epsilon=epsilon, dtype=dtype,
                            param_dtype=param_dtype)
 
