@@ -494,7 +494,7 @@ def max_pool_3x3_s2(x: jax.Array, ceil_mode: bool = False) -> jax.Array:
       out = (size + 2 - 3) // 2 + 1
     pads.append((1, (out - 1) * 2 + 3 - size - 1))
   x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)
-  return _max_of_window_taps(x)
+  return _max_of_window_taps(x, x.shape[1:3])
 
 
 def _window_taps(xp: jax.Array) -> list:
@@ -506,10 +506,10 @@ def _window_taps(xp: jax.Array) -> list:
           for ky in range(3) for kx in range(3)]
 
 
-@jax.custom_vjp
-def _max_of_window_taps(xp: jax.Array) -> jax.Array:
-  """The maximum of the nine taps, with torch's gradient: all of an output's cotangent to
-  its window's first maximum.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_of_window_taps(xp: jax.Array, padded_size: Sequence[int]) -> jax.Array:
+  """The maximum of the nine taps over `xp` (spatial size `padded_size`, static), with
+  torch's gradient: all of an output's cotangent to its window's first maximum.
 
   Not XLA's reduce_window max: its gradient builds int32 index maps of the whole padded
   input (5 arrays of it). Not autodiff of the taps' max chain either: that gradient
@@ -518,26 +518,21 @@ def _max_of_window_taps(xp: jax.Array) -> jax.Array:
   ResNet-101 train step at 321 (the stem's 2x161x161x64). This one keeps the winning tap
   as int8 and scatters the cotangent with nine strided pads: 9 ms with the forward.
   """
-  taps = _window_taps(xp)
-  out = taps[0]
-  for tap in taps[1:]:
-    out = jnp.maximum(out, tap)
-  return out
+  return functools.reduce(jnp.maximum, _window_taps(xp))
 
 
-def _max_of_window_taps_fwd(xp):
+def _max_of_window_taps_fwd(xp, padded_size):
+  del padded_size
   taps = _window_taps(xp)
-  out = taps[0]
-  for tap in taps[1:]:
-    out = jnp.maximum(out, tap)
+  out = functools.reduce(jnp.maximum, taps)
   winner = jnp.full(out.shape, len(taps) - 1, jnp.int8)
   for t in range(len(taps) - 2, -1, -1):  # the lowest tap equal to the maximum wins
     winner = jnp.where(taps[t] == out, jnp.int8(t), winner)
-  return out, (winner, xp.shape)
+  return out, winner
 
 
-def _max_of_window_taps_bwd(residuals, g):
-  winner, (_, hp, wp, _) = residuals
+def _max_of_window_taps_bwd(padded_size, winner, g):
+  hp, wp = padded_size
   _, ho, wo, _ = g.shape
   zero = jnp.zeros((), g.dtype)
   dx = None
