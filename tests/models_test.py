@@ -295,7 +295,6 @@ def test_max_pool_matches_torch(size, ceil_mode):
   np.testing.assert_allclose(grad, xt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-5)
 
 
-
 @pytest.mark.parametrize('ceil_mode', [False, True])
 def test_max_pool_gradient_breaks_ties_as_torch(ceil_mode):
   """After a ReLU most windows tie (at 0) and small integers tie everywhere: torch gives

@@ -55,7 +55,8 @@ def _batch_norm_train_bwd(epsilon, residuals, cotangents):
   centred = x - mean
   # d/dx of the normalised output, plus the batch statistics' own (their cotangents are
   # zero when only the running averages read them).
-  dx = (scale.astype(jnp.float32) * inv_std) * (g - d_bias / n - centred * (inv_std * d_scale / n))
+  gain = scale.astype(jnp.float32) * inv_std
+  dx = gain * (g - d_bias / n - centred * (inv_std * d_scale / n))
   dx = dx + (g_mean + 2. * g_var * centred) / n
   return dx.astype(x_dtype), d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
 

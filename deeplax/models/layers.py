@@ -501,8 +501,8 @@ def _window_taps(xp: jax.Array) -> list:
   """The nine stride-2 taps of 3x3 windows over the padded input, in torch's scan order."""
   n, hp, wp, c = xp.shape
   ho, wo = (hp - 3) // 2 + 1, (wp - 3) // 2 + 1
-  return [jax.lax.slice(xp, (0, ky, kx, 0), (n, ky + 2 * (ho - 1) + 1, kx + 2 * (wo - 1) + 1, c),
-                        (1, 2, 2, 1))
+  return [jax.lax.slice(xp, (0, ky, kx, 0),
+                        (n, ky + 2 * (ho - 1) + 1, kx + 2 * (wo - 1) + 1, c), (1, 2, 2, 1))
           for ky in range(3) for kx in range(3)]
 
 
